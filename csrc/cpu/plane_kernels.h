@@ -1,0 +1,75 @@
+#pragma once
+// Per-plane CPU kernels (one (sample, channel) plane of an NCHW tensor at a time) and the run-time
+// choice between their AVX2/FMA build (kernels_avx2.cpp) and their portable build
+// (kernels_portable.cpp). The operators (depthwise.cpp, pool.cpp, batch_norm.cpp) loop over planes
+// with at::parallel_for and call these through a PlaneKernels table.
+//
+// Every window kernel works on a zero- (or -inf-) padded copy of the plane held in scratch buffers
+// whose rows are long enough for whole vectors to run past the row end: no bounds checks inside
+// the loops, and 'same' padding comes for free. With stride 2 a padded row is stored as two phase
+// buffers (even and odd columns), so strided reads become contiguous ones.
+#include <cstdint>
+
+namespace natfast {
+namespace cpu {
+
+// Widest vector any build uses (AVX2: 8 floats); row padding is sized for it.
+constexpr int64_t kMaxVector = 8;
+// Largest window side the kernels accept (their per-tap tables are fixed-size).
+constexpr int64_t kMaxKernel = 7;
+
+// Geometry of one H x W plane under a k x k window with stride s, dilation d and 'same' padding
+// p = d (k - 1) / 2, and of the scratch buffers the kernels use.
+struct PlaneGeometry {
+  int64_t H, W, k, stride, dilation, pad;
+  int64_t Ho, Wo;    // output plane
+  int64_t Wo_pad;    // Wo rounded up to kMaxVector
+  int64_t Hp, rs;    // rows and row stride of a padded buffer (one phase)
+  int64_t phase;     // elements of one phase buffer: Hp * rs
+  int64_t scratch;   // elements of one padded buffer: stride * phase
+};
+
+PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t k, int64_t stride, int64_t dilation);
+
+// Scratch buffers, one set per thread, each `geometry.scratch` elements:
+//   P: the padded input plane. Its border must hold the pad value (0, or -inf for max pooling)
+//      before the first call; calls only rewrite its interior.
+//   G: the output gradient, padded. Must be zero before the first call; calls only rewrite its
+//      interior (the same region every call with the same geometry).
+//   Q: an accumulation buffer; calls clear it themselves.
+template <typename T>
+struct PlaneKernels {
+  // y (Ho x Wo) = depthwise conv of relu(x) (H x W) with the k x k window w.
+  void (*relu_dwconv_forward)(const T* x, const T* w, T* y, const PlaneGeometry& g, T* P);
+  // gx (H x W) and this plane's share of the weight gradient, dw (k x k).
+  void (*relu_dwconv_backward)(const T* gy, const T* x, const T* w, T* gx, T* dw, const PlaneGeometry& g,
+                               T* P, T* G, T* Q);
+  void (*max_pool_forward)(const T* x, T* y, const PlaneGeometry& g, T* P);
+  void (*max_pool_backward)(const T* gy, const T* x, T* gx, const PlaneGeometry& g, T* P, T* G, T* Q);
+  // inv_count: Ho x Wo_pad table of 1 / (number of non-padding window elements), zero in the tail.
+  void (*avg_pool_forward)(const T* x, T* y, const T* inv_count, const PlaneGeometry& g, T* P);
+  void (*avg_pool_backward)(const T* gy, T* gx, const T* inv_count, const PlaneGeometry& g, T* G, T* Q);
+  // s1 = sum u; s2 = sum u * v (v == nullptr: sum u * u). Accumulated in double.
+  void (*sums)(const T* u, const T* v, int64_t n, double* s1, double* s2);
+  // out = a u + b v + c (v == nullptr: out = a u + c).
+  void (*affine)(const T* u, T a, const T* v, T b, T c, T* out, int64_t n);
+};
+
+namespace avx2 {
+const PlaneKernels<float>& kernels_float();
+}
+namespace portable {
+const PlaneKernels<float>& kernels_float();
+const PlaneKernels<double>& kernels_double();
+}  // namespace portable
+
+// The table for this CPU (AVX2 when available and not disabled, see cpu_features.h).
+template <typename T>
+const PlaneKernels<T>& plane_kernels();
+template <>
+const PlaneKernels<float>& plane_kernels<float>();
+template <>
+const PlaneKernels<double>& plane_kernels<double>();
+
+}  // namespace cpu
+}  // namespace natfast

@@ -1,0 +1,18 @@
+"""Triton kernels for natfast (installed as `natfast.kernels`).
+
+Each module holds the `@triton.jit` kernels of one operation family and thin launchers that take
+plain tensors and sizes; autograd and dispatch live in `natfast/ops/backends/triton.py`.
+
+  reduce    deterministic sum of per-program partial rows (second stage of every weight gradient)
+  dwconv    fused ReLU + depthwise convolution: forward, input gradient, weight gradient
+  pool      3x3/5x5 max/avg pooling (avg excludes padding): forward and backward
+  batchnorm BN without affine, batch statistics per group of samples: forward and backward
+  gcn       batched two-layer GCN + linear head of the policy: forward and backward
+  sample    masked softmax over allowed transitions, sampling/argmax, log-prob and entropy
+  mixed     routed mixed operation of the parameter-free candidates (pools + BN, skip, null)
+
+Importing this package imports Triton: set TRITON_INTERPRET=1 *before* importing it to run the
+kernels on CPU tensors in Triton's interpreter (tests).
+"""
+
+from . import batchnorm, dwconv, gcn, mixed, pool, reduce, sample  # noqa: E402,F401

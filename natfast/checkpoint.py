@@ -1,0 +1,40 @@
+"""Checkpoints: written atomically (a crash mid-write never loses the previous one) and read
+with `torch.load(weights_only=True)`, so a checkpoint file can never run code."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import torch
+
+FORMAT = "natfast-search-v1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save(state: Dict[str, Any], path: str) -> None:
+    """Write to a temporary file in the same folder, then rename over the old checkpoint; the
+    previous checkpoint is kept as `<path>.prev`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    if os.path.exists(path):
+        os.replace(path, f"{path}.prev")
+    os.replace(tmp, path)
+
+
+def load(path: str) -> Dict[str, Any]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist (run `natfast search --out DIR` to make one)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file; the message is what matters
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a natfast checkpoint: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path} is not a natfast search checkpoint (format {found!r}, expected {FORMAT!r})")
+    return state

@@ -1,0 +1,136 @@
+"""The `natfast` command: search, transform, draw, info, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from .config import (PRESETS, DrawConfig, SearchConfig, TransformConfig, add_arguments,
+                     from_arguments)
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, no traceback."""
+
+
+def _user_errors():
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .genotype import GenotypeError
+    return (CheckpointError, DataError, GenotypeError, UserError, ValueError, FileNotFoundError)
+
+
+def cmd_search(args) -> int:
+    from .search import search
+    base = dict(PRESETS[args.preset]) if args.preset else {}
+    cfg = from_arguments(SearchConfig, args, base)
+    searcher = search(cfg)
+    print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
+          f"reward baseline {searcher.baseline:+.4f})")
+    return 0
+
+
+def cmd_transform(args) -> int:
+    from . import derive
+    from .flops import count
+    from .genotype import format_genotype, load_arch, to_json
+    cfg = from_arguments(TransformConfig, args)
+    result = derive.load_search(cfg.checkpoint, cfg.device)
+    beta, family = load_arch(cfg.arch)
+    beta = derive.check_input(beta, result.family)
+    if cfg.method == "argmax":
+        alpha = derive.transform_argmax(result.policy, beta)
+    elif cfg.method == "best-of-k":
+        loader = derive.validation_loader(result.config, cfg.data)
+        best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches)
+        alpha = best.best
+        print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
+              + " ".join(f"{s:.4f}" for s in best.scores))
+    else:
+        raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
+    cost_beta, cost_alpha = count(beta, family), count(alpha, family)
+    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "transformed.json")
+    with open(out, "w") as fh:
+        fh.write(to_json(alpha, family) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")
+    print(f"input {cfg.arch} ({family.name}): {cost_beta}")
+    print(format_genotype(beta))
+    print(f"transformed ({cfg.method}): {cost_alpha}; saved to {out}")
+    if cfg.draw:
+        from .draw import draw
+        draw([(cfg.arch, beta, family), (f"NAT({cfg.arch})", alpha, family)], cfg.draw,
+             [str(cost_beta), str(cost_alpha)])
+        print(f"drawing: {cfg.draw}")
+    print(format_genotype(alpha))
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from .draw import draw
+    from .flops import count
+    from .genotype import load_arch
+    cfg = from_arguments(DrawConfig, args)
+    archs = [(cfg.arch,) + load_arch(cfg.arch)]
+    if cfg.compare:
+        archs.append((cfg.compare,) + load_arch(cfg.compare))
+    costs = [str(count(g, f)) for _, g, f in archs]
+    print(draw(archs, cfg.out, costs))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .info import collect, format_text
+    info = collect()
+    print(json.dumps(info) if args.json else format_text(info))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import benchmarks
+    result = benchmarks.run(args.what, args.rest)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(benchmarks.format_result(args.what, result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="natfast", description="NAT: Neural Architecture Transformer, fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("search", help="train the supernet and the transformation policy")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (tiny: < 3 min on a 2-core CPU)")
+    add_arguments(p, SearchConfig)
+    p.set_defaults(fn=cmd_search)
+    p = sub.add_parser("transform", help="transform an architecture with a trained policy")
+    add_arguments(p, TransformConfig)
+    p.set_defaults(fn=cmd_transform)
+    p = sub.add_parser("draw", help="draw architectures' cells as a PNG")
+    add_arguments(p, DrawConfig)
+    p.set_defaults(fn=cmd_draw)
+    p = sub.add_parser("info", help="which backends are active, and why")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(fn=cmd_info)
+    p = sub.add_parser("bench", help="benchmarks: steps, ops, derive (see bench/RESULTS.md)")
+    p.add_argument("what", choices=["steps", "ops", "derive"])
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--help lists them)")
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _user_errors() as exc:
+        print(f"natfast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"natfast {args.command}: interrupted (the last checkpoint is intact)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""One dataclass per command. The CLI flags are generated from these fields (with their help
+text), so flags and Python API never drift apart; every run prints its config and stores it in
+its checkpoint."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+
+def opt(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class SearchConfig:
+    """NAT search: alternate supernet (w) and policy (theta) updates (spec section 5)."""
+    out: str = opt("runs/search", "output folder (checkpoint.pt, metrics.jsonl, config.json)")
+    data: Optional[str] = opt(None, "CIFAR-10 folder (cifar-10-batches-py or its parent); default: the embedded sample")
+    family: str = opt("darts", "cell family: darts (fully-concat) or enas (loose-end)")
+    transitions: str = opt("nat", "transition rule: nat ({same, skip, null}) or natpp (NAT++ 13-op space)")
+    epochs: int = opt(100, "epochs E (each: one pass for w, one pass for theta)")
+    batch_size: int = opt(64, "batch size for both updates")
+    channels: int = opt(20, "supernet initial channels C")
+    layers: int = opt(8, "supernet cells L (reductions at L/3 and 2L/3)")
+    w_fraction: float = opt(0.4, "fraction of the training set used for w (the rest updates theta)")
+    w_lr: float = opt(0.01, "SGD learning rate for w")
+    w_lr_min: float = opt(0.01, "cosine schedule floor for w (equal to w_lr: constant)")
+    w_momentum: float = opt(0.9, "SGD momentum for w")
+    w_weight_decay: float = opt(3e-4, "weight decay for w")
+    grad_clip: float = opt(5.0, "gradient-norm clip for w (0: off)")
+    policy: str = opt("gcn", "policy: gcn, lstm (ablation) or random (ablation, not trained)")
+    adjacency: str = opt("normalized", "GCN adjacency: normalized (with self-loops) or raw (the authors')")
+    hidden_size: int = opt(64, "policy hidden size")
+    embedding_size: int = opt(64, "policy op-embedding size")
+    policy_lr: float = opt(3e-4, "Adam learning rate for theta")
+    policy_betas: Tuple[float, float] = opt((0.5, 0.999), "Adam betas for theta")
+    policy_weight_decay: float = opt(5e-4, "Adam weight decay for theta")
+    entropy_weight: float = opt(0.003, "entropy bonus lambda")
+    baseline_decay: float = opt(0.99, "EMA decay gamma of the reward baseline")
+    num_inputs: int = opt(1, "m: input architectures per policy step")
+    num_samples: int = opt(1, "n: transformations sampled per input architecture")
+    augment: bool = opt(True, "random crop + flip on the w batches")
+    train_limit: int = opt(0, "use at most this many training images (0: all)")
+    seed: int = opt(0, "seed of every random choice (data order, augmentation, architectures, init)")
+    device: str = opt("auto", "cpu, cuda or auto")
+    threads: int = opt(0, "CPU threads (0: torch's default)")
+    checkpoint_every: int = opt(100, "save a checkpoint every this many steps (and at each epoch end)")
+    max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs); resume continues")
+    resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
+    progress: bool = opt(True, "show a progress bar")
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # Finishes in well under 3 minutes on a 2-core CPU with the embedded sample.
+    "tiny": dict(epochs=2, batch_size=32, channels=8, layers=5, checkpoint_every=50),
+    "small": dict(epochs=10, batch_size=64, channels=16, layers=8),
+    "paper": dict(),
+}
+
+
+@dataclass
+class TransformConfig:
+    """Transform an architecture with a trained policy (spec section 6)."""
+    arch: str = opt("DARTS", "named architecture or a file with a Genotype(...) or JSON")
+    checkpoint: str = opt("runs/search/checkpoint.pt", "search checkpoint holding the supernet and policy")
+    method: str = opt("argmax", "argmax, or best-of-k: sample K, score on the validation split, keep the best")
+    candidates: int = opt(10, "K for best-of-k")
+    data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
+    eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)")
+    out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint")
+    draw: Optional[str] = opt(None, "write a PNG drawing of both architectures here")
+    seed: int = opt(0, "seed for sampling")
+    device: str = opt("auto", "cpu, cuda or auto")
+
+
+@dataclass
+class DrawConfig:
+    """Draw one or two architectures' cells as a PNG."""
+    arch: str = opt("DARTS", "named architecture or genotype file")
+    compare: Optional[str] = opt(None, "a second architecture drawn beside the first")
+    out: str = opt("cells.png", "output PNG path")
+
+
+def _arg_type(tp):
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return _arg_type([a for a in typing.get_args(tp) if a is not type(None)][0])
+    return tp
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _arg_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(tp) in (tuple, Tuple):
+            parser.add_argument(flag, type=float, nargs=len(typing.get_args(tp)), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=tp, default=None, help=help_text)
+
+
+def from_arguments(cls, args: argparse.Namespace, base: Optional[Dict[str, Any]] = None):
+    """The config: dataclass defaults, then `base` (a preset), then the flags given."""
+    values = dict(base or {})
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**values)
+
+
+def to_dict(cfg) -> Dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def describe(cfg) -> str:
+    return f"{type(cfg).__name__}(" + ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(cfg).items()) + ")"

@@ -1,0 +1,103 @@
+"""Deriving transformed architectures with a trained policy (spec section 6): the argmax
+transformation, or K sampled ones scored with the shared weights on the validation split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import SearchConfig
+from .data import BatchLoader
+from .genotype import Family, Genotype, GenotypeError, validate
+from .policy import BasePolicy
+from .search import build_models, pick_device, score_batch, search_data, search_loaders
+from .supernet import Supernet
+from .transitions import check_transformation
+
+
+@dataclass
+class SearchResult:
+    """A trained supernet and policy, loaded from a search checkpoint."""
+    config: SearchConfig
+    family: Family
+    supernet: Supernet
+    policy: BasePolicy
+
+
+def load_search(path: str, device: str = "auto") -> SearchResult:
+    state = ckpt.load(path)
+    known = set(SearchConfig.__dataclass_fields__)
+    cfg = SearchConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items() if k in known})
+    family, supernet, policy = build_models(cfg, pick_device(device))
+    try:
+        supernet.load_state_dict(state["supernet"])
+        policy.load_state_dict(state["policy"])
+    except (RuntimeError, KeyError) as exc:
+        raise ckpt.CheckpointError(f"checkpoint {path} does not match its own config: {str(exc).splitlines()[0]}") from None
+    return SearchResult(cfg, family, supernet.eval(), policy.eval())
+
+
+def check_input(beta: Genotype, family: Family) -> Genotype:
+    """The input architecture must live in the searched space (same topology family and ops)."""
+    try:
+        return validate(beta, family)
+    except GenotypeError as exc:
+        raise GenotypeError(f"this architecture cannot be transformed by a policy searched on "
+                            f"{family.name}: {exc}") from None
+
+
+def transform_argmax(policy: BasePolicy, beta: Genotype) -> Genotype:
+    with torch.no_grad():
+        tr = policy.argmax([beta.normal, beta.reduce])
+    alpha = policy.to_genotype(beta, tr.targets)
+    check_transformation(beta, alpha, policy.rule, policy.primitives)
+    return alpha
+
+
+def validation_loader(cfg: SearchConfig, data: Optional[str] = None) -> BatchLoader:
+    if data is not None:
+        cfg = SearchConfig(**{**vars(cfg), "data": data})
+    _, theta_loader = search_loaders(cfg, search_data(cfg))
+    return BatchLoader(theta_loader.dataset, theta_loader.indices, cfg.batch_size, shuffle=False,
+                       augment=False, drop_last=False)
+
+
+def score_architectures(supernet: Supernet, archs: List[Genotype], loader: BatchLoader,
+                        max_batches: int = 0) -> List[float]:
+    """Validation accuracy of each architecture with the shared weights, all scored in one
+    batched, prefix-shared pass per batch."""
+    device = supernet.classifier.weight.device
+    correct, total = torch.zeros(len(archs)), 0
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        if max_batches and i >= max_batches:
+            break
+        accs = score_batch(supernet, x.to(device), y.to(device), archs)
+        correct += torch.tensor(accs) * len(y)
+        total += len(y)
+    return (correct / max(total, 1)).tolist()
+
+
+@dataclass
+class BestOfK:
+    best: Genotype
+    candidates: List[Genotype]
+    scores: List[float]              # candidates' validation accuracies
+    beta_score: float
+
+
+def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed: int = 0,
+                        loader: Optional[BatchLoader] = None, max_batches: int = 0) -> BestOfK:
+    """Sample K transformations of beta, score them and beta on the validation split, keep the
+    best (beta itself if nothing beats it)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        samples = result.policy.sample([beta.normal, beta.reduce], gen, k)
+    candidates = [result.policy.to_genotype(beta, s.targets) for s in samples]
+    loader = loader or validation_loader(result.config)
+    scores = score_architectures(result.supernet, [beta] + candidates, loader, max_batches)
+    beta_score, cand_scores = scores[0], scores[1:]
+    best_i = max(range(k), key=lambda i: cand_scores[i])
+    best = candidates[best_i] if cand_scores[best_i] > beta_score else beta
+    return BestOfK(best, candidates, cand_scores, beta_score)

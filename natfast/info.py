@@ -1,0 +1,74 @@
+"""What natfast can run here: extension, backends per op and device, and why."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from typing import Any, Dict
+
+import torch
+
+from . import _ext
+from .ops import dispatch
+from .ops.backends import load_all
+
+OPS = ("relu_dwconv", "conv1x1", "group_batch_norm", "pool2d", "gcn_policy_logits")
+
+
+def collect() -> Dict[str, Any]:
+    module, ext_status = _ext.load()
+    status = load_all()
+    built_cuda = bool(module is not None and hasattr(module, "built_with_cuda") and module.built_with_cuda())
+    gpu = torch.cuda.is_available()
+    triton_installed = importlib.util.find_spec("triton") is not None
+    info: Dict[str, Any] = {
+        "natfast_version": _version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu_extension": module is not None and status.get("cpu", "").startswith("active"),
+        "cuda_extension": built_cuda and gpu and status.get("cuda", "").startswith("active"),
+        "cuda_extension_built": built_cuda,
+        "triton": triton_installed and status.get("triton", "").startswith("active"),
+        "triton_installed": triton_installed,
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "cpu_capability": module.cpu_capability() if module is not None and hasattr(module, "cpu_capability") else None,
+        "threads": torch.get_num_threads(),
+        "extension": ext_status,
+        "backends": dict(status),
+        "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
+        "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
+    }
+    return info
+
+
+def _chosen(op: str, device_type: str) -> str:
+    """The backend that would run `op` on this device (ignoring shape-specific declines)."""
+    forced, per_op = dispatch._forced()
+    wanted = per_op.get(op, forced)
+    registered = dispatch.registered(op)
+    if wanted is not None:
+        return wanted if wanted in registered else "reference"
+    for name in dispatch.DEFAULT_PREFERENCE.get(device_type, []):
+        if name in registered:
+            return name
+    return "reference"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("natfast")
+    except Exception:  # not installed (running from a source tree)
+        return "source tree"
+
+
+def format_text(info: Dict[str, Any]) -> str:
+    lines = [f"natfast {info['natfast_version']}  torch {info['torch']} (CUDA {info['torch_cuda']})  python {info['python']}",
+             f"GPU: {info['gpu'] or 'none'}   CPU threads: {info['threads']}   CPU SIMD: {info['cpu_capability']}",
+             f"extension: {info['extension']}"]
+    lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
+    lines.append(f"forced backend (NATFAST_BACKEND): {info['forced_backend']}")
+    for op, per_dev in info["dispatch"].items():
+        lines.append(f"  {op:18s} " + "  ".join(f"{d}: {b}" for d, b in per_dev.items()))
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""The standalone network of one genotype, for training from scratch (DARTS evaluation network).
+
+It uses the same operation modules as the supernet. With `affine=False, pool_bn=True,
+track_running_stats=False` it computes exactly what the supernet's sampled path computes, which
+`network_from_supernet` uses (and the tests check).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .genotype import Family, Genotype, output_nodes
+from .ops.layers import FactorizedReduce, ReLUConvBN, make_op
+from .supernet import Stem, edge_key, live_nodes, reduction_layers
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of a branch with probability drop_prob (DARTS' regulariser)."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Cell(nn.Module):
+    def __init__(self, edges, concat, family: Family, c_pp: int, c_p: int, c: int, reduction: bool,
+                 reduction_prev: bool, affine: bool, pool_bn: bool, track: bool):
+        super().__init__()
+        self.edges = [tuple(e) for e in edges]
+        self.reduction, self.channels = reduction, c
+        self.outputs = output_nodes(self.edges, concat, family)
+        self.live = live_nodes(self.edges, self.outputs)
+        self.pre0 = FactorizedReduce(c_pp, c, affine, track) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, affine, track)
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, affine, track)
+        # Only non-null edges own a module; null edges are never executed.
+        self.ops = nn.ModuleDict({
+            str(j): make_op(op, c, 2 if reduction and f < 2 else 1, affine, pool_bn, track)
+            for j, (op, f, t) in enumerate(self.edges) if op != "null"})
+        self.num_nodes = max(t for _, _, t in self.edges) - 1
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.outputs) * self.channels
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        n, _, h, w = s1.shape
+        if self.reduction:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        states = {0: self.pre0(s0) if 0 in self.live else None, 1: self.pre1(s1) if 1 in self.live else None}
+        for t in range(2, self.num_nodes + 2):
+            if t not in self.live:
+                continue
+            total = None
+            for j, (op, f, tt) in enumerate(self.edges):
+                if tt != t or op == "null":
+                    continue
+                module = self.ops[str(j)]
+                y = module(states[f])
+                if drop_prob > 0 and self.training and not isinstance(module, nn.Identity) and op != "skip_connect":
+                    y = drop_path(y, drop_prob)
+                total = y if total is None else total + y
+            states[t] = total if total is not None else s1.new_zeros(n, self.channels, h, w)
+        return torch.cat([states[s] for s in self.outputs], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS' auxiliary classifier on the 8x8 feature map."""
+
+    def __init__(self, c: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.Conv2d(c, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class Network(nn.Module):
+    def __init__(self, genotype: Genotype, family: Family, channels: int = 36, layers: int = 20,
+                 num_classes: int = 10, auxiliary: bool = False, drop_path_prob: float = 0.0,
+                 affine: bool = True, pool_bn: bool = False, track_running_stats: bool = True,
+                 stem_multiplier: int = 3):
+        super().__init__()
+        self.genotype, self.family = genotype, family
+        self.drop_path_prob = drop_path_prob
+        c_stem = stem_multiplier * channels
+        self.stem = Stem(c_stem, affine, track_running_stats)
+        self.cells = nn.ModuleList()
+        c_pp, c_p, c, reduction_prev = c_stem, c_stem, channels, False
+        reductions = reduction_layers(layers)
+        self.aux_after = 2 * layers // 3
+        self.aux_head = None
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c *= 2
+            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            cell = Cell(edges, concat, family, c_pp, c_p, c, reduction, reduction_prev, affine, pool_bn, track_running_stats)
+            self.cells.append(cell)
+            c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
+            if auxiliary and i == self.aux_after:
+                self.aux_head = AuxiliaryHead(c_p, num_classes)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_after and self.aux_head is not None and self.training:
+                aux = self.aux_head(s1)
+        return self.classifier(s1.mean(dim=(2, 3))), aux
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_aux(x)[0]
+
+
+def network_from_supernet(supernet, genotype: Genotype) -> Network:
+    """The standalone network of `genotype` holding the supernet's shared weights: it computes
+    the same function as `supernet(x, genotype)` (affine-free BN with batch statistics)."""
+    net = Network(genotype, supernet.family, supernet.channels, supernet.layers,
+                  supernet.classifier.out_features, affine=False, pool_bn=True, track_running_stats=False,
+                  stem_multiplier=supernet.stem.conv.out_channels // supernet.channels)
+    net = net.to(supernet.classifier.weight.device)
+    with torch.no_grad():
+        net.stem.load_state_dict(supernet.stem.state_dict())
+        prev_blocks: Sequence[Optional[Tuple[int, ...]]] = [None, None]
+        for cell, scell in zip(net.cells, supernet.cells):
+            for name, blocks in (("pre0", prev_blocks[0]), ("pre1", prev_blocks[1])):
+                for pname, p in getattr(cell, name).named_parameters():
+                    full = dict(getattr(scell, name).named_parameters())[pname]
+                    p.copy_(full if blocks is None else full.index_select(1, _block_index(blocks, full.shape[1] // scell.num_nodes, full.device)))
+            for j, (op, f, t) in enumerate(cell.edges):
+                if op != "null":
+                    cell.ops[str(j)].load_state_dict(scell.edges[edge_key(f, t)][op].state_dict())
+            prev_blocks = [prev_blocks[1], tuple(s - 2 for s in cell.outputs)]
+        w = supernet.classifier.weight
+        net.classifier.weight.copy_(w.index_select(1, _block_index(prev_blocks[1], supernet.cells[-1].channels, w.device)))
+        net.classifier.bias.copy_(supernet.classifier.bias)
+    return net
+
+
+def _block_index(blocks, c_block: int, device) -> torch.Tensor:
+    return torch.cat([torch.arange(b * c_block, (b + 1) * c_block) for b in blocks]).to(device)

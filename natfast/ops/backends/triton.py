@@ -1,0 +1,261 @@
+"""Triton backend: autograd functions around the kernels of `natfast.kernels` (the top-level
+`kernels/` folder of the source tree).
+
+Registered for CUDA tensors when a GPU is present. With env NATFAST_TRITON_INTERPRET=1 the same
+implementations are also registered for CPU tensors and run in Triton's interpreter
+(TRITON_INTERPRET=1 is set for you if Triton is not imported yet): that is how CI tests them.
+Triton is imported only in those two cases, so `import natfast` stays cheap without a GPU.
+CPU tensors are not in dispatch's default CPU preference list: reach this backend on CPU with
+`dispatch.use_backend("triton")` or NATFAST_BACKEND=triton.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Optional, Sequence
+
+import torch
+
+from .. import dispatch
+
+FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_GCN_WIDTH = 128  # features, hidden and output sizes a program keeps in registers
+MAX_TARGETS = 64     # candidate targets per edge in masked_sample
+
+_interpret = False
+_kernels: Optional[ModuleType] = None
+
+
+def load_kernels() -> ModuleType:
+    """`natfast.kernels`, installed (setup.py maps kernels/ there) or, in a source tree, the
+    top-level kernels/ folder loaded under that same name."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from natfast import kernels
+        except ImportError:
+            root = Path(__file__).resolve().parents[3] / "kernels"
+            spec = importlib.util.spec_from_file_location(
+                "natfast.kernels", root / "__init__.py", submodule_search_locations=[str(root)])
+            kernels = importlib.util.module_from_spec(spec)
+            sys.modules["natfast.kernels"] = kernels
+            spec.loader.exec_module(kernels)
+        _kernels = kernels
+    return _kernels
+
+
+def _served(*tensors: torch.Tensor) -> bool:
+    """All on one device this backend runs on, in a float type the kernels accumulate in fp32."""
+    first = tensors[0]
+    if not (first.is_cuda or (_interpret and first.device.type == "cpu")):
+        return False
+    return all(t.device == first.device and t.dtype in FLOAT_TYPES for t in tensors)
+
+
+# ----------------------------------------------------------------------------- relu_dwconv
+class _ReLUDWConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, stride, dilation):
+        x, weight = x.contiguous(), weight.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, dilation)
+        return load_kernels().dwconv.forward(x, weight, stride, dilation)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        k, dy = load_kernels().dwconv, dy.contiguous()
+        dx = k.input_grad(x, weight, dy, *ctx.conv) if ctx.needs_input_grad[0] else None
+        dw = k.weight_grad(x, weight, dy, *ctx.conv) if ctx.needs_input_grad[1] else None
+        return dx, dw, None, None
+
+
+def relu_dwconv(x, weight, stride=1, dilation=1):
+    return _ReLUDWConv.apply(x, weight, stride, dilation)
+
+
+def _relu_dwconv_supported(x, weight, stride=1, dilation=1) -> bool:
+    return (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
+            and weight.shape[2] == weight.shape[3] and weight.shape[2] in (3, 5) and x.dtype == weight.dtype
+            and x.numel() > 0 and _served(x, weight))
+
+
+# ----------------------------------------------------------------------------- pool2d
+class _Pool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind, kernel, stride):
+        y, index = load_kernels().pool.forward(x.contiguous(), kind, kernel, stride, save_index=x.requires_grad)
+        ctx.save_for_backward(index)
+        ctx.meta = (tuple(x.shape), kind, kernel, stride)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (index,) = ctx.saved_tensors
+        return load_kernels().pool.backward(dy.contiguous(), index, *ctx.meta), None, None, None
+
+
+def pool2d(x, kind, kernel=3, stride=1):
+    return _Pool2d.apply(x, kind, kernel, stride)
+
+
+def _pool2d_supported(x, kind, kernel=3, stride=1) -> bool:
+    return x.dim() == 4 and kernel in (3, 5) and x.numel() > 0 and _served(x)
+
+
+# ----------------------------------------------------------------------------- group_batch_norm
+class _GroupBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, groups, eps):
+        y, saved = load_kernels().batchnorm.forward(x.contiguous(), groups, eps)
+        ctx.save_for_backward(y, *saved[:2])
+        ctx.meta = (groups, eps, saved[2])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, part, shift = ctx.saved_tensors
+        groups, eps, split = ctx.meta
+        dx = load_kernels().batchnorm.backward(dy.contiguous(), y, groups, eps, (part, shift, split))
+        return dx, None, None
+
+
+def group_batch_norm(x, groups: Optional[Sequence[int]] = None, eps: float = 1e-5):
+    return _GroupBatchNorm.apply(x, tuple(groups) if groups is not None else (x.shape[0],), eps)
+
+
+def _group_batch_norm_supported(x, groups=None, eps=1e-5) -> bool:
+    return x.dim() == 4 and x.numel() > 0 and _served(x)
+
+
+# ----------------------------------------------------------------------------- gcn_policy_logits
+class _GCNPolicyLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, adj, x, w1, b1, w2, b2, wh, bh):
+        tensors = [t.contiguous() for t in (adj, x, w1, b1, w2, b2, wh, bh)]
+        ctx.save_for_backward(*tensors[:7])
+        return load_kernels().gcn.forward(*tensors)
+
+    @staticmethod
+    def backward(ctx, d_logits):
+        adj, x, w1, b1, w2, b2, wh = ctx.saved_tensors
+        grads = load_kernels().gcn.backward(adj, x, w1, b1, w2, b2, wh, d_logits.contiguous())
+        params = (w1, b1, w2, b2, wh, wh)  # bh has wh's dtype (checked in `supports`)
+        return (None, grads[0]) + tuple(g.to(p.dtype) for g, p in zip(grads[1:], params))
+
+
+def gcn_policy_logits(adj, x, w1, b1, w2, b2, wh, bh):
+    if adj.dim() == 2:  # one graph
+        return _GCNPolicyLogits.apply(adj[None], x[None], w1, b1, w2, b2, wh, bh)[0]
+    return _GCNPolicyLogits.apply(adj, x, w1, b1, w2, b2, wh, bh)
+
+
+def _gcn_supported(adj, x, w1, b1, w2, b2, wh, bh) -> bool:
+    if adj.requires_grad or adj.dim() != x.dim() or adj.dim() not in (2, 3):
+        return False  # a learned adjacency would need its gradient: the reference has it
+    n = adj.shape[-1]
+    widths = (x.shape[-1], w1.shape[1], w2.shape[1], wh.shape[1])
+    return (adj.shape[-2] == n == x.shape[-2] and adj.shape[:-2] == x.shape[:-2] and 0 < n <= 32
+            and w1.shape[0] == widths[0] and w2.shape[0] == widths[1] and wh.shape[0] == widths[2]
+            and b1.shape == (widths[1],) and b2.shape == (widths[2],) and bh.shape == (widths[3],)
+            and max(widths) <= MAX_GCN_WIDTH and bh.dtype == wh.dtype and x.numel() > 0
+            and _served(adj, x, w1, b1, w2, b2, wh, bh))
+
+
+# ----------------------------------------------------------------------------- masked_sample
+class _MaskedSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, mask, uniform):
+        actions, logp, ent = load_kernels().sample.forward(logits, mask, uniform)
+        ctx.save_for_backward(logits, mask, actions)
+        ctx.mark_non_differentiable(actions)
+        return actions, logp, ent
+
+    @staticmethod
+    def backward(ctx, _, g_logp, g_ent):
+        logits, mask, actions = ctx.saved_tensors
+        g_logp = torch.zeros_like(actions, dtype=torch.float32) if g_logp is None else g_logp.float().contiguous()
+        g_ent = torch.zeros_like(g_logp) if g_ent is None else g_ent.float().contiguous()
+        return load_kernels().sample.backward(logits, mask, actions, g_logp, g_ent), None, None
+
+
+def masked_sample(logits, mask, uniform=None):
+    lead, p = logits.shape[:-1], logits.shape[-1]
+    flat = logits.reshape(-1, p).contiguous()
+    mask = mask.expand_as(logits).reshape(-1, p).contiguous()
+    u = None if uniform is None else uniform.reshape(-1).float().contiguous()
+    actions, logp, ent = _MaskedSample.apply(flat, mask, u)
+    return actions.view(lead), logp.view(lead), ent.view(lead)
+
+
+def _masked_sample_supported(logits, mask, uniform=None) -> bool:
+    return (logits.dim() >= 1 and 0 < logits.shape[-1] <= MAX_TARGETS and logits.numel() > 0
+            and mask.device == logits.device and _served(logits)
+            and (uniform is None or uniform.device == logits.device))
+
+
+# ----------------------------------------------------------------------------- routed_mixed_op
+class _RoutedMixedOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weights, skip, kernel, stride, groups, eps):
+        """`skip` None means skip is x itself (its gradient is then folded into x's)."""
+        x, w = x.contiguous(), weights.float().contiguous()
+        skip_c = x if skip is None else skip.contiguous()
+        y, saved = load_kernels().mixed.forward(x, w, kernel, stride, groups, skip_c, eps)
+        ctx.save_for_backward(x, w, skip_c, *saved[:2])
+        ctx.meta = (kernel, stride, groups, skip is None, eps) + saved[2:]
+        ctx.weights_dtype = weights.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, skip, part, shift = ctx.saved_tensors
+        kernel, stride, groups, skip_is_x, eps, split, chunk = ctx.meta
+        dy = dy.contiguous()
+        dx, dw = load_kernels().mixed.backward(dy, x, w, kernel, stride, groups, skip, skip_is_x, eps,
+                                               (part, shift, split, chunk))
+        d_skip = None if skip_is_x else dy * w[:, 2, None, None, None].to(dy.dtype)
+        return dx, dw.to(ctx.weights_dtype), d_skip, None, None, None, None
+
+
+def routed_mixed_op(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5):
+    groups = tuple(groups) if groups is not None else (x.shape[0],)
+    return _RoutedMixedOp.apply(x, weights, None if skip is x else skip, kernel, stride, groups, eps)
+
+
+def _routed_mixed_op_supported(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5) -> bool:
+    return (x.dim() == 4 and kernel in (3, 5) and x.numel() > 0 and weights.device == x.device
+            and weights.dtype in FLOAT_TYPES and _served(x) and (skip is None or _served(x, skip)))
+
+
+OPS = {
+    "relu_dwconv": (relu_dwconv, _relu_dwconv_supported),
+    "pool2d": (pool2d, _pool2d_supported),
+    "group_batch_norm": (group_batch_norm, _group_batch_norm_supported),
+    "gcn_policy_logits": (gcn_policy_logits, _gcn_supported),
+    "masked_sample": (masked_sample, _masked_sample_supported),
+    "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_supported),
+}
+
+
+def register() -> str:
+    global _interpret
+    _interpret = os.environ.get("NATFAST_TRITON_INTERPRET", "") == "1"
+    if not _interpret and not torch.cuda.is_available():
+        return "inactive: no GPU (NATFAST_TRITON_INTERPRET=1 runs the kernels in Triton's CPU interpreter)"
+    if _interpret and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        load_kernels()
+    except Exception as exc:  # a missing or incompatible Triton must never break `import natfast`
+        return f"inactive: the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
+    from .. import mixed, policy_sample  # noqa: F401  (they register the references of their ops)
+
+    for op, (fn, supported) in OPS.items():
+        dispatch.register(op, "triton", fn, supported)
+    mode = "Triton interpreter, CPU and CUDA tensors" if _interpret else "CUDA tensors"
+    return f"active ({mode}): {', '.join(OPS)}"

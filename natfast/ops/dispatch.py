@@ -1,0 +1,106 @@
+"""Which implementation runs an operation: the plain-PyTorch reference or a fast backend.
+
+Every hot operation (`relu_dwconv`, `pool2d`, `group_batch_norm`, `gcn_layer`, ...) has a
+reference implementation registered under the backend name "reference". Fast backends
+(C++ CPU kernels, Triton, CUDA C++) register themselves for the device types they serve.
+`resolve(op, tensor)` picks, in order: a per-op override, the forced global backend, then
+the first registered backend of the device's preference list whose `supports` accepts the
+call. Forcing "reference" (env `NATFAST_BACKEND=reference`, or `use_backend("reference")`)
+makes any result cross-checkable against plain PyTorch.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+# Preference order per device type; the measured choice lives here (see bench/RESULTS.md).
+DEFAULT_PREFERENCE: Dict[str, List[str]] = {
+    "cpu": ["cpu", "reference"],
+    "cuda": ["cuda", "triton", "reference"],
+}
+KNOWN_BACKENDS = ("reference", "cpu", "triton", "cuda")
+
+
+@dataclass
+class Impl:
+    fn: Callable
+    # Optional predicate on the call's arguments: lets a backend decline shapes it lacks.
+    supports: Optional[Callable[..., bool]] = None
+
+
+_registry: Dict[str, Dict[str, Impl]] = {}
+_state = threading.local()
+
+
+def register(op: str, backend: str, fn: Callable, supports: Optional[Callable[..., bool]] = None) -> None:
+    if backend not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(KNOWN_BACKENDS)}")
+    _registry.setdefault(op, {})[backend] = Impl(fn, supports)
+
+
+def registered(op: str) -> List[str]:
+    return list(_registry.get(op, {}))
+
+
+def _parse_env(value: str) -> tuple[Optional[str], Dict[str, str]]:
+    """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides."""
+    forced, per_op = None, {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        if "=" in part:
+            op, name = (s.strip() for s in part.split("=", 1))
+            per_op[op] = name
+        elif part != "auto":
+            forced = part
+    for name in [forced, *per_op.values()]:
+        if name is not None and name not in KNOWN_BACKENDS:
+            raise ValueError(f"NATFAST_BACKEND names unknown backend {name!r}; known: {', '.join(KNOWN_BACKENDS)}")
+    return forced, per_op
+
+
+def _forced() -> tuple[Optional[str], Dict[str, str]]:
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    return _parse_env(os.environ.get("NATFAST_BACKEND", "auto"))
+
+
+@contextlib.contextmanager
+def use_backend(name: str = "reference", **per_op: str) -> Iterator[None]:
+    """Force a backend for the calls in this block (`name="auto"` restores the default choice)."""
+    forced, overrides = _parse_env(",".join([name] + [f"{k}={v}" for k, v in per_op.items()]))
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append((forced, overrides))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
+    """The (backend name, function) that runs `op` for these arguments."""
+    impls = _registry[op]
+    forced, per_op = _forced()
+    wanted = per_op.get(op, forced)
+    if wanted is not None:
+        impl = impls.get(wanted)
+        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
+            return wanted, impl.fn
+        if wanted != "reference" and wanted in per_op.values():
+            raise RuntimeError(f"backend {wanted!r} cannot run {op} for these inputs")
+        # A forced backend that lacks this op falls back to the reference, never to another fast path.
+        return "reference", impls["reference"].fn
+    for name in DEFAULT_PREFERENCE.get(device_type, ["reference"]):
+        impl = impls.get(name)
+        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
+            return name, impl.fn
+    return "reference", impls["reference"].fn
+
+
+def call(op: str, *args, **kwargs):
+    x = args[0]
+    return resolve(op, x.device.type, *args, **kwargs)[1](*args, **kwargs)

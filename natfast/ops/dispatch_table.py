@@ -1,0 +1,141 @@
+"""The measured backend choice per op and input size, consulted before DEFAULT_PREFERENCE.
+
+`TABLE[(device_type, op)]` lists rules in increasing `max_size`; the first rule whose `max_size`
+is at least the call's size (SIZE_OF[op]) gives the backend order to try. Ops or sizes without a
+rule use dispatch.DEFAULT_PREFERENCE. Forcing a backend (env NATFAST_BACKEND, `use_backend`) still
+wins over the table. `set_rules` replaces the rules of one op from Python.
+
+The rules come from `measure` (run it on the target GPU: `python -m natfast.ops.dispatch_table`);
+only measured entries belong here, with the measurement in bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Rule:
+    max_size: float              # applies to calls whose size is <= max_size
+    order: Tuple[str, ...]       # backends to try, best first
+
+
+# The quantity the choice depends on: elements of the activation, or graphs in the batch.
+SIZE_OF: Dict[str, Callable[..., int]] = {
+    "relu_dwconv": lambda x, *args, **kwargs: x.numel(),
+    "pool2d": lambda x, *args, **kwargs: x.numel(),
+    "group_batch_norm": lambda x, *args, **kwargs: x.numel(),
+    "conv1x1": lambda x, *args, **kwargs: x.numel(),
+    "gcn_policy_logits": lambda adj, *args, **kwargs: adj.shape[0],
+}
+
+# No GPU measurement has been recorded yet: every op uses DEFAULT_PREFERENCE.
+TABLE: Dict[Tuple[str, str], List[Rule]] = {}
+
+
+def preference(op: str, device_type: str, *args, **kwargs) -> Optional[Sequence[str]]:
+    """The measured backend order for this call, or None where nothing was measured."""
+    rules = TABLE.get((device_type, op))
+    if not rules or op not in SIZE_OF:
+        return None
+    size = SIZE_OF[op](*args, **kwargs)
+    for rule in rules:
+        if size <= rule.max_size:
+            return rule.order
+    return None
+
+
+def set_rules(op: str, device_type: str, rules: Sequence[Rule]) -> None:
+    """Replace the rules for one op on one device type (an empty list restores the default)."""
+    TABLE[(device_type, op)] = sorted(rules, key=lambda r: r.max_size)
+    if not rules:
+        del TABLE[(device_type, op)]
+
+
+def _time_ms(fn: Callable[[], object], repeat: int, synchronize: Callable[[], None]) -> float:
+    fn()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    synchronize()
+    return (time.perf_counter() - start) * 1e3 / repeat
+
+
+def measure(op: str, make_args: Callable[[int], tuple], sizes: Sequence[int], backends: Sequence[str],
+            repeat: int = 20) -> List[Tuple[int, Dict[str, float]]]:
+    """Forward + backward time (ms) of `op` under each backend, for the inputs `make_args(size)`
+    builds (tensors that need gradients must have requires_grad set)."""
+    import torch
+
+    from . import dispatch
+
+    results = []
+    for size in sizes:
+        args = make_args(size)
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        times = {}
+        for name in backends:
+            if name not in dispatch.registered(op):
+                continue
+
+            def step():
+                with dispatch.use_backend("auto", **{op: name}):
+                    out = dispatch.call(op, *args)
+                out.sum().backward()
+
+            times[name] = _time_ms(step, repeat, sync)
+        results.append((size, times))
+    return results
+
+
+def rules_from(measurements: List[Tuple[int, Dict[str, float]]], sizes_of: Callable[[int], float]) -> List[Rule]:
+    """One rule per measured size (the fastest backends first); consecutive sizes with the same
+    order merge. `sizes_of(size)` converts the measured size parameter to the SIZE_OF quantity."""
+    rules: List[Rule] = []
+    for size, times in measurements:
+        order = tuple(sorted(times, key=times.get))
+        if "reference" not in order:
+            order += ("reference",)
+        if rules and rules[-1].order == order:
+            rules[-1] = Rule(sizes_of(size), order)
+        else:
+            rules.append(Rule(sizes_of(size), order))
+    if rules:  # beyond the largest measured size, keep the last choice
+        rules[-1] = Rule(float("inf"), rules[-1].order)
+    return rules
+
+
+def _measure_gpu() -> None:
+    """Measure relu_dwconv and gcn_policy_logits at the sizes the supernet and policy use; print
+    the rules (for TABLE) and the raw times (for bench/RESULTS.md)."""
+    import torch
+
+    import natfast.ops  # noqa: F401  (registers the backends)
+
+    dev = torch.device("cuda")
+    backends = ("cuda", "triton", "reference")
+
+    def dwconv_args(batch):  # the widest cells of the default search supernet: C=80 at 8x8 .. C=20 at 32x32
+        x = torch.randn(batch, 40, 16, 16, device=dev, requires_grad=True)
+        w = torch.randn(40, 1, 3, 3, device=dev, requires_grad=True)
+        return x, w, 1, 1
+
+    def gcn_args(graphs):
+        n, f, h, o = 6, 64, 64, 26
+        t = lambda *s: torch.randn(*s, device=dev, requires_grad=True)
+        return (torch.rand(graphs, n, n, device=dev), t(graphs, n, f), t(f, h), t(h), t(h, h), t(h), t(h, o), t(o))
+
+    for op, make, sizes, size_of in (
+            ("relu_dwconv", dwconv_args, [1, 4, 16, 64, 256], lambda b: b * 40 * 16 * 16),
+            ("gcn_policy_logits", gcn_args, [1, 8, 64, 512, 4096], lambda g: g)):
+        found = measure(op, make, sizes, backends)
+        for size, times in found:
+            print(op, size, {k: round(v, 4) for k, v in times.items()})
+        print(f"TABLE[('cuda', {op!r})] = {rules_from(found, size_of)!r}")
+
+
+if __name__ == "__main__":
+    _measure_gpu()

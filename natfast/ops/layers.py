@@ -1,0 +1,149 @@
+"""The candidate operations as modules (DARTS definitions), shared by the supernet and the
+standalone network. Every module's forward takes `(x, groups=None)`: `groups` lists the sizes of
+the sample groups that get separate BN statistics (multi-architecture batches); the standalone
+network passes None.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .depthwise import relu_dwconv
+from .norm import group_batch_norm
+from .pointwise import conv1x1
+from .pool import pool2d
+
+Groups = Optional[Sequence[int]]
+
+
+class Norm(nn.Module):
+    """BN: affine=False with batch statistics in the supernet, a regular BatchNorm2d otherwise."""
+
+    def __init__(self, channels: int, affine: bool, track_running_stats: bool = True):
+        super().__init__()
+        self.searching = not affine and not track_running_stats
+        self.bn = None if self.searching else nn.BatchNorm2d(channels, affine=affine, track_running_stats=track_running_stats)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        if self.searching:
+            return group_batch_norm(x, groups)
+        if groups is not None and len(groups) > 1:
+            raise ValueError("per-group BN statistics need affine=False, track_running_stats=False (the supernet's BN)")
+        return self.bn(x)
+
+
+def _init_conv(shape) -> nn.Parameter:
+    w = torch.empty(shape)
+    nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
+    return nn.Parameter(w)
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU, k x k convolution, BN. Also the cell preprocessing (k=1); `channel_index` lets the
+    supernet feed a subset of the input channels (a cell output made of fewer nodes)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.stride, self.kernel = stride, kernel
+        self.weight = _init_conv((c_out, c_in, kernel, kernel))
+        self.norm = Norm(c_out, affine, track)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
+        if self.kernel == 1:
+            y = conv1x1(F.relu(x), w, self.stride)
+        else:
+            y = F.conv2d(F.relu(x), w, None, self.stride, self.kernel // 2)
+        return self.norm(y, groups)
+
+
+class DilConv(nn.Module):
+    """ReLU, depthwise k x k (stride, dilation), pointwise 1x1, BN."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dilation: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.stride, self.dilation = stride, dilation
+        self.depthwise = _init_conv((c_in, 1, kernel, kernel))
+        self.pointwise = _init_conv((c_out, c_in, 1, 1))
+        self.norm = Norm(c_out, affine, track)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        y = relu_dwconv(x, self.depthwise, self.stride, self.dilation)
+        return self.norm(conv1x1(y, self.pointwise), groups)
+
+
+class SepConv(nn.Module):
+    """Two DilConv(dilation 1) blocks; only the first has the stride."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.first = DilConv(c_in, c_in, kernel, stride, 1, affine, track)
+        self.second = DilConv(c_in, c_out, kernel, 1, 1, affine, track)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        return self.second(self.first(x, groups), groups)
+
+
+class Pool(nn.Module):
+    """3x3/5x5 max or average pooling; in the supernet followed by BN(affine=False)."""
+
+    def __init__(self, kind: str, kernel: int, stride: int, channels: int, with_bn: bool, affine: bool, track: bool = True):
+        super().__init__()
+        self.kind, self.kernel, self.stride = kind, kernel, stride
+        self.norm = Norm(channels, affine, track) if with_bn else None
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        y = pool2d(x, self.kind, self.kernel, self.stride)
+        return y if self.norm is None else self.norm(y, groups)
+
+
+class FactorizedReduce(nn.Module):
+    """ReLU, two stride-2 1x1 convolutions on inputs shifted by one pixel, concat, BN."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool, track: bool = True):
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        self.conv_a = _init_conv((c_out // 2, c_in, 1, 1))
+        self.conv_b = _init_conv((c_out // 2, c_in, 1, 1))
+        self.norm = Norm(c_out, affine, track)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        wa, wb = self.conv_a, self.conv_b
+        if channel_index is not None:
+            wa, wb = wa.index_select(1, channel_index), wb.index_select(1, channel_index)
+        x = F.relu(x)
+        y = torch.cat([conv1x1(x, wa, 2), conv1x1(x[:, :, 1:, 1:], wb, 2)], dim=1)
+        return self.norm(y, groups)
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        return x
+
+
+OPERATIONS = (
+    "max_pool_3x3", "max_pool_5x5", "avg_pool_3x3", "avg_pool_5x5", "skip_connect",
+    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+    "conv_1x1", "conv_3x3", "conv_5x5", "null",
+)
+
+
+def make_op(name: str, channels: int, stride: int, affine: bool, pool_bn: bool, track: bool = True) -> nn.Module:
+    """Build candidate `name` (channels in = out). `null` has no module: it is never executed."""
+    if name not in OPERATIONS or name == "null":
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS[:-1])}")
+    c = channels
+    if name == "skip_connect":
+        return Identity() if stride == 1 else FactorizedReduce(c, c, affine, track)
+    if name.startswith(("max_pool_", "avg_pool_")):
+        kind, k = name[:3], int(name[-1])
+        return Pool(kind, k, stride, c, pool_bn, affine, track)
+    if name.startswith("sep_conv_"):
+        return SepConv(c, c, int(name[-1]), stride, affine, track)
+    if name.startswith("dil_conv_"):
+        return DilConv(c, c, int(name[-1]), stride, 2, affine, track)
+    return ReLUConvBN(c, c, int(name[-1]), stride, affine, track)

@@ -1,0 +1,189 @@
+"""The transformation policy pi(alpha | beta): a GCN over the cell graph (and two ablation
+baselines, an LSTM policy and random transformations).
+
+For each intermediate node the policy gives, for each of its two incoming edges, logits over the
+target operations; transitions the rule forbids are masked out of the softmax. Normal and
+reduction cells are transformed by the same policy, separately (as a batch of graphs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .genotype import Genotype
+from .ops.gcn import gcn_policy_logits
+from .transitions import transition_mask
+
+Edges = Sequence[Tuple[str, int, int]]
+
+
+@dataclass
+class Transformation:
+    """Sampled (or argmax) targets for a batch of cells, with what REINFORCE needs."""
+    targets: torch.Tensor    # (B, E) target op index per edge
+    log_prob: torch.Tensor   # (B,) sum over edges
+    entropy: torch.Tensor    # (B,) sum over edges
+
+
+def encode_cells(cells: Sequence[Edges], primitives: Sequence[str], device=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(op ids (B, E), from ids (B, E), raw adjacency (B, N, N) with A[t, f] = 1 for an edge f -> t)."""
+    index = {p: i for i, p in enumerate(primitives)}
+    ops = torch.tensor([[index[op] for op, _, _ in cell] for cell in cells], dtype=torch.long)
+    frm = torch.tensor([[f for _, f, _ in cell] for cell in cells], dtype=torch.long)
+    to = torch.tensor([[t for _, _, t in cell] for cell in cells], dtype=torch.long)
+    n = int(to.max()) + 1
+    adj = torch.zeros(len(cells), n, n)
+    b_idx = torch.arange(len(cells)).unsqueeze(1).expand_as(frm)
+    adj[b_idx, to, frm] = 1.0
+    return ops.to(device), frm.to(device), adj.to(device)
+
+
+def normalize_adjacency(adj: torch.Tensor) -> torch.Tensor:
+    """D^-1/2 (A + I) D^-1/2 (Kipf & Welling), row degrees of the directed graph."""
+    a = adj + torch.eye(adj.shape[-1], device=adj.device)
+    d = a.sum(-1).rsqrt()
+    return d.unsqueeze(-1) * a * d.unsqueeze(-2)
+
+
+class BasePolicy(nn.Module):
+    """Shared machinery: masking by the transition rule, sampling, argmax, applying targets."""
+
+    def __init__(self, primitives: Sequence[str], rule: str):
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self.rule = rule
+        self.register_buffer("mask", transition_mask(self.primitives, rule), persistent=False)
+
+    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:  # (B, E, P), unmasked
+        raise NotImplementedError
+
+    def masked_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        logits = self.edge_logits(cells)
+        ops, _, _ = encode_cells(cells, self.primitives, logits.device)
+        allowed = self.mask[ops]                     # (B, E, P)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    def sample(self, cells: Sequence[Edges], generator: torch.Generator, num_samples: int = 1) -> List[Transformation]:
+        """`num_samples` independent transformations of every cell (one forward pass)."""
+        logits = self.masked_logits(cells)
+        log_p = F.log_softmax(logits, dim=-1)
+        probs = log_p.exp()
+        entropy = -(probs * log_p.masked_fill(probs == 0, 0.0)).sum(-1).sum(-1)
+        flat = probs.reshape(-1, probs.shape[-1]).detach().cpu()
+        out = []
+        for _ in range(num_samples):
+            targets = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:2]).to(logits.device)
+            lp = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+            out.append(Transformation(targets, lp, entropy))
+        return out
+
+    def argmax(self, cells: Sequence[Edges]) -> Transformation:
+        logits = self.masked_logits(cells)
+        log_p = F.log_softmax(logits, dim=-1)
+        targets = logits.argmax(-1)
+        lp = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+        probs = log_p.exp()
+        entropy = -(probs * log_p.masked_fill(probs == 0, 0.0)).sum(-1).sum(-1)
+        return Transformation(targets, lp, entropy)
+
+    def apply(self, cell: Edges, targets: torch.Tensor) -> List[Tuple[str, int, int]]:
+        return [(self.primitives[int(k)], f, t) for (_, f, t), k in zip(cell, targets.tolist())]
+
+    def transform(self, beta: Genotype, generator: torch.Generator) -> Tuple[Genotype, torch.Tensor, torch.Tensor]:
+        """Sample alpha ~ pi(.|beta); returns (alpha, log pi(alpha), entropy), normal+reduce summed."""
+        tr = self.sample([beta.normal, beta.reduce], generator)[0]
+        return self.to_genotype(beta, tr.targets), tr.log_prob.sum(), tr.entropy.sum()
+
+    def to_genotype(self, beta: Genotype, targets: torch.Tensor) -> Genotype:
+        return beta._replace(normal=self.apply(beta.normal, targets[0]), reduce=self.apply(beta.reduce, targets[1]))
+
+
+class GCNPolicy(BasePolicy):
+    """Two graph-convolution layers over the cell and a linear head per intermediate node.
+
+    Node features: input nodes have learned embeddings; an intermediate node has the concatenated
+    embeddings of its two incoming ops, projected to the feature size. `adjacency="normalized"`
+    (default) uses D^-1/2 (A+I) D^-1/2; `"raw"` is the authors' variant (A, no self-loops)."""
+
+    def __init__(self, primitives: Sequence[str], rule: str = "nat", embedding_size: int = 64,
+                 hidden_size: int = 64, adjacency: str = "normalized"):
+        super().__init__(primitives, rule)
+        if adjacency not in ("normalized", "raw"):
+            raise ValueError(f"adjacency must be 'normalized' or 'raw', got {adjacency!r}")
+        self.adjacency = adjacency
+        p = len(self.primitives)
+        self.op_embedding = nn.Embedding(p, embedding_size)
+        self.input_embedding = nn.Parameter(torch.randn(2, hidden_size) * 0.1)
+        self.project = nn.Linear(2 * embedding_size, hidden_size)
+        self.w1 = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.b1 = nn.Parameter(torch.zeros(hidden_size))
+        self.w2 = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.b2 = nn.Parameter(torch.zeros(hidden_size))
+        self.head = nn.Linear(hidden_size, 2 * p)
+        for w in (self.w1, self.w2):
+            nn.init.xavier_uniform_(w)
+
+    def node_features(self, ops: torch.Tensor) -> torch.Tensor:
+        b, e = ops.shape
+        emb = self.op_embedding(ops).view(b, e // 2, -1)           # two edges per node, in order
+        inter = self.project(emb)                                   # (B, nodes, H)
+        inputs = self.input_embedding.unsqueeze(0).expand(b, -1, -1)
+        return torch.cat([inputs, inter], dim=1)
+
+    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        device = self.w1.device
+        ops, _, adj = encode_cells(cells, self.primitives, device)
+        if self.adjacency == "normalized":
+            adj = normalize_adjacency(adj)
+        x = self.node_features(ops)
+        logits = gcn_policy_logits(adj, x, self.w1, self.b1, self.w2, self.b2, self.head.weight.t(), self.head.bias)
+        b, n, _ = logits.shape
+        return logits[:, 2:].reshape(b, (n - 2) * 2, len(self.primitives))
+
+
+class LSTMPolicy(BasePolicy):
+    """Ablation baseline: an LSTM reads the edges in order (op and source node) and gives each
+    edge's logits."""
+
+    def __init__(self, primitives: Sequence[str], rule: str = "nat", embedding_size: int = 64,
+                 hidden_size: int = 64, max_nodes: int = 8):
+        super().__init__(primitives, rule)
+        self.op_embedding = nn.Embedding(len(self.primitives), embedding_size)
+        self.from_embedding = nn.Embedding(max_nodes, embedding_size)
+        self.lstm = nn.LSTM(embedding_size, hidden_size, batch_first=True)
+        self.head = nn.Linear(hidden_size, len(self.primitives))
+
+    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        device = self.head.weight.device
+        ops, frm, _ = encode_cells(cells, self.primitives, device)
+        out, _ = self.lstm(self.op_embedding(ops) + self.from_embedding(frm))
+        return self.head(out)
+
+
+class RandomPolicy(BasePolicy):
+    """Ablation baseline: uniform over the allowed transitions of every edge (nothing to learn)."""
+
+    def __init__(self, primitives: Sequence[str], rule: str = "nat"):
+        super().__init__(primitives, rule)
+        self.register_parameter("unused", None)
+
+    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        ops, _, _ = encode_cells(cells, self.primitives, self.mask.device)
+        return torch.zeros(*ops.shape, len(self.primitives), device=self.mask.device)
+
+
+POLICIES = {"gcn": GCNPolicy, "lstm": LSTMPolicy, "random": RandomPolicy}
+
+
+def make_policy(kind: str, primitives: Sequence[str], rule: str = "nat", **kwargs) -> BasePolicy:
+    if kind not in POLICIES:
+        raise ValueError(f"unknown policy {kind!r}; choose from {', '.join(POLICIES)}")
+    if kind == "random":
+        return RandomPolicy(primitives, rule)
+    if kind == "lstm":
+        kwargs.pop("adjacency", None)
+    return POLICIES[kind](primitives, rule, **kwargs)

@@ -1,0 +1,257 @@
+"""The alternating NAT trainer (spec section 5): update the supernet weights w on sampled input
+architectures, then the policy theta by REINFORCE on the reward acc(alpha) - acc(beta).
+
+Every random choice of step k comes from generators seeded by (seed, k), so a run stopped after
+step k and resumed from its checkpoint takes exactly the same step k + 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .config import SearchConfig, describe, to_dict
+from .data import BatchLoader, load_cifar10, split_indices, ArrayDataset
+from .genotype import Family, Genotype, get_family
+from .policy import BasePolicy, make_policy
+from .progress import Progress
+from .sampler import sample_genotype
+from .supernet import Supernet
+
+# Fields that define the model and the data stream: a resumed run must agree on them.
+RESUME_KEYS = ("family", "transitions", "channels", "layers", "policy", "adjacency", "hidden_size",
+               "embedding_size", "batch_size", "w_fraction", "train_limit", "seed", "data", "augment")
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """Independent, reproducible randomness for (seed, step, stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available (use --device cpu)")
+    return torch.device(name)
+
+
+def search_family(cfg) -> Family:
+    return get_family(cfg.family, natpp=(cfg.transitions == "natpp"))
+
+
+def build_models(cfg, device) -> tuple:
+    family = search_family(cfg)
+    torch.manual_seed(cfg.seed)
+    supernet = Supernet(family, cfg.channels, cfg.layers).to(device)
+    policy = make_policy(cfg.policy, family.primitives, cfg.transitions, hidden_size=cfg.hidden_size,
+                         embedding_size=cfg.embedding_size, adjacency=cfg.adjacency).to(device)
+    return family, supernet, policy
+
+
+def search_data(cfg) -> ArrayDataset:
+    ds = load_cifar10(cfg.data, "train")
+    if cfg.train_limit and cfg.train_limit < len(ds):
+        ds = ArrayDataset(ds.x[: cfg.train_limit], ds.y[: cfg.train_limit], f"{ds.source}, first {cfg.train_limit}")
+    return ds
+
+
+def search_loaders(cfg, ds: ArrayDataset) -> tuple:
+    w_idx, theta_idx = split_indices(len(ds), cfg.w_fraction, cfg.seed)
+    w_loader = BatchLoader(ds, w_idx, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    theta_loader = BatchLoader(ds, theta_idx, cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed + 1)
+    if len(w_loader) == 0 or len(theta_loader) == 0:
+        raise ValueError(f"{len(ds)} training images are too few for batch size {cfg.batch_size} "
+                         f"with a {cfg.w_fraction:.0%}/{1 - cfg.w_fraction:.0%} split")
+    return w_loader, theta_loader
+
+
+@dataclass
+class Position:
+    """Where the run is: the next step to take."""
+    epoch: int = 0
+    phase: str = "w"      # "w" then "theta" in every epoch
+    batch: int = 0
+    step: int = 0
+
+
+class Searcher:
+    def __init__(self, cfg: SearchConfig, log: Callable[[str], None] = print):
+        self.cfg, self.log = cfg, log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        self.family, self.supernet, self.policy = build_models(cfg, self.device)
+        self.dataset = search_data(cfg)
+        self.w_loader, self.theta_loader = search_loaders(cfg, self.dataset)
+        self.w_optimizer = torch.optim.SGD(self.supernet.parameters(), cfg.w_lr, momentum=cfg.w_momentum,
+                                           weight_decay=cfg.w_weight_decay)
+        params = list(self.policy.parameters())
+        self.policy_optimizer = (torch.optim.Adam(params, cfg.policy_lr, betas=tuple(cfg.policy_betas),
+                                                  weight_decay=cfg.policy_weight_decay) if params else None)
+        self.baseline = 0.0
+        self.position = Position()
+
+    # ------------------------------------------------------------------ one step of each kind
+    def update_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+        beta = sample_genotype(self.family, gen)
+        self.supernet.train()
+        logits = self.supernet(x, beta)
+        loss = F.cross_entropy(logits, y)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.cfg.grad_clip)
+        self.w_optimizer.step()
+        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+    def update_theta(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+        cfg = self.cfg
+        betas = [sample_genotype(self.family, gen) for _ in range(cfg.num_inputs)]
+        cells = [c for b in betas for c in (b.normal, b.reduce)]
+        samples = self.policy.sample(cells, gen, cfg.num_samples)
+        alphas = [[self.policy.to_genotype(b, s.targets[2 * i: 2 * i + 2]) for i, b in enumerate(betas)] for s in samples]
+        accs = score_batch(self.supernet, x, y, betas + [a for row in alphas for a in row])
+        beta_acc = torch.tensor(accs[: len(betas)])
+        alpha_acc = torch.tensor(accs[len(betas):]).view(len(samples), len(betas))
+        reward = (alpha_acc - beta_acc).to(self.device)                          # (n, m)
+        log_prob = torch.stack([s.log_prob.view(-1, 2).sum(1) for s in samples])  # (n, m)
+        entropy = torch.stack([s.entropy.view(-1, 2).sum(1) for s in samples])
+        advantage = reward - self.baseline
+        loss = -(log_prob * advantage).mean() - cfg.entropy_weight * entropy.mean()
+        if self.policy_optimizer is not None:
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.policy_optimizer.step()
+        mean_reward = reward.mean().item()
+        self.baseline = cfg.baseline_decay * self.baseline + (1 - cfg.baseline_decay) * mean_reward
+        return {"loss": loss.item(), "reward": mean_reward, "baseline": self.baseline,
+                "entropy": entropy.mean().item(), "beta_acc": beta_acc.mean().item(),
+                "alpha_acc": alpha_acc.mean().item()}
+
+    # ------------------------------------------------------------------ the loop
+    def w_lr(self, epoch: int) -> float:
+        cfg = self.cfg
+        return cfg.w_lr_min + 0.5 * (cfg.w_lr - cfg.w_lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+    def total_steps(self) -> int:
+        return self.cfg.epochs * (len(self.w_loader) + len(self.theta_loader))
+
+    def run(self) -> Dict[str, float]:
+        cfg = self.cfg
+        os.makedirs(cfg.out, exist_ok=True)
+        path = os.path.join(cfg.out, "checkpoint.pt")
+        if cfg.resume and os.path.exists(path):
+            self.load_state_dict(ckpt.load(path))
+            self.log(f"resumed from {path} at step {self.position.step}")
+        self.log(describe(cfg))
+        self.log(f"data: {self.dataset.source}; w batches/epoch {len(self.w_loader)}, "
+                 f"theta batches/epoch {len(self.theta_loader)}; device {self.device}")
+        with open(os.path.join(cfg.out, "config.json"), "w") as fh:
+            json.dump(to_dict(cfg), fh, indent=2)
+        metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+        bar = Progress(self.total_steps(), cfg.progress)
+        last: Dict[str, float] = {}
+        try:
+            while self.position.epoch < cfg.epochs:
+                if cfg.max_steps and self.position.step >= cfg.max_steps:
+                    break
+                last = self._run_phase(metrics_file, bar) or last
+                if self.position.phase == "w" and self.position.batch == 0:  # an epoch just ended
+                    self.save(path)
+        finally:
+            metrics_file.close()
+            bar.close()
+        self.save(path)
+        return last
+
+    def _run_phase(self, metrics_file, bar) -> Dict[str, float]:
+        pos, cfg = self.position, self.cfg
+        loader = self.w_loader if pos.phase == "w" else self.theta_loader
+        update = self.update_w if pos.phase == "w" else self.update_theta
+        for g in self.w_optimizer.param_groups:
+            g["lr"] = self.w_lr(pos.epoch)
+        record: Dict[str, float] = {}
+        for x, y in loader.epoch(pos.epoch, pos.batch):
+            start = time.perf_counter()
+            gen = step_generator(cfg.seed, pos.step, 0)
+            record = update(x.to(self.device), y.to(self.device), gen)
+            record.update(step=pos.step, epoch=pos.epoch, phase=pos.phase, batch=pos.batch,
+                          seconds=round(time.perf_counter() - start, 4))
+            metrics_file.write(json.dumps(record) + "\n")
+            pos.step += 1
+            pos.batch += 1
+            bar.update(pos.step, f"epoch {pos.epoch} {pos.phase} " + " ".join(
+                f"{k}={record[k]:.3f}" for k in ("loss", "acc", "reward") if k in record))
+            if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                metrics_file.flush()
+                self.save(os.path.join(cfg.out, "checkpoint.pt"))
+            if cfg.max_steps and pos.step >= cfg.max_steps:
+                if pos.batch == len(loader):
+                    self._advance_phase()
+                return record
+        self._advance_phase()
+        return record
+
+    def _advance_phase(self) -> None:
+        pos = self.position
+        pos.batch = 0
+        if pos.phase == "w":
+            pos.phase = "theta"
+        else:
+            pos.phase, pos.epoch = "w", pos.epoch + 1
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "format": ckpt.FORMAT,
+            "config": to_dict(self.cfg),
+            "family": self.family.name,
+            "primitives": list(self.family.primitives),
+            "supernet": self.supernet.state_dict(),
+            "policy": self.policy.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "policy_optimizer": self.policy_optimizer.state_dict() if self.policy_optimizer else {},
+            "baseline": self.baseline,
+            "position": dict(vars(self.position)),
+            "torch_version": str(torch.__version__),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state["config"]
+        mismatched = [k for k in RESUME_KEYS if saved.get(k) != to_dict(self.cfg).get(k)]
+        if mismatched:
+            raise ckpt.CheckpointError("cannot resume: the checkpoint was made with different " + ", ".join(
+                f"{k} ({saved.get(k)!r} there, {getattr(self.cfg, k)!r} now)" for k in mismatched))
+        self.supernet.load_state_dict(state["supernet"])
+        self.policy.load_state_dict(state["policy"])
+        self.w_optimizer.load_state_dict(state["w_optimizer"])
+        if self.policy_optimizer is not None:
+            self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+        self.baseline = float(state["baseline"])
+        self.position = Position(**state["position"])
+
+    def save(self, path: str) -> None:
+        ckpt.save(self.state_dict(), path)
+
+
+def score_batch(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, archs: List[Genotype]) -> List[float]:
+    """Accuracy of each architecture on one batch with the shared weights (one batched pass)."""
+    with torch.inference_mode():
+        logits = supernet.forward_shared(x, archs)
+        return [(l.argmax(1) == y).float().mean().item() for l in logits]
+
+
+def search(cfg: Optional[SearchConfig] = None, log: Callable[[str], None] = print, **overrides) -> Searcher:
+    """Run a NAT search; returns the Searcher (its supernet and policy are trained)."""
+    cfg = cfg or SearchConfig(**overrides)
+    searcher = Searcher(cfg, log)
+    searcher.run()
+    return searcher

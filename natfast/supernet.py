@@ -1,0 +1,281 @@
+"""The weight-sharing supernet and its execution engine.
+
+Every edge f -> t of every cell holds all candidate operations (BN affine=False, batch
+statistics). An architecture selects one op on two edges per node. `Supernet.run` executes any
+number of architectures in one pass:
+
+* each architecture is a *lane* bound to a group of input samples (its own samples, or samples
+  shared with other lanes);
+* every value (stem output, preprocessed input, edge output, node) is identified by what it is
+  computed from, so values that are identical across lanes are computed once (prefix sharing:
+  the stem always, whole cells and single nodes while the architectures agree);
+* at each edge, every candidate op runs once on all distinct inputs routed to it, concatenated,
+  with BN statistics per input (so each lane gets exactly what it would get alone);
+* null edges, edges from known-zero nodes (BN affine=False maps zeros to zeros) and nodes that
+  cannot reach the cell output are never executed.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .genotype import Family, Genotype, output_nodes
+from .ops.layers import FactorizedReduce, Norm, ReLUConvBN, make_op
+
+
+def reduction_layers(layers: int) -> Tuple[int, int]:
+    return layers // 3, 2 * layers // 3
+
+
+class Stem(nn.Module):
+    """conv 3x3 (3 -> c_out) + BN."""
+
+    def __init__(self, c_out: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c_out, 3, padding=1, bias=False)
+        self.norm = Norm(c_out, affine, track)
+
+    def forward(self, x: torch.Tensor, groups=None) -> torch.Tensor:
+        return self.norm(self.conv(x), groups)
+
+
+def edge_key(f: int, t: int) -> str:
+    return f"{f}_{t}"
+
+
+class SuperCell(nn.Module):
+    def __init__(self, primitives: Sequence[str], num_nodes: int, c_pp: int, c_p: int, c: int,
+                 reduction: bool, reduction_prev: bool):
+        super().__init__()
+        self.reduction, self.num_nodes, self.channels = reduction, num_nodes, c
+        self.pre0 = (FactorizedReduce(c_pp, c, False, False) if reduction_prev
+                     else ReLUConvBN(c_pp, c, 1, 1, False, False))
+        self.pre1 = ReLUConvBN(c_p, c, 1, 1, False, False)
+        self.edges = nn.ModuleDict()
+        for t in range(2, num_nodes + 2):
+            for f in range(t):
+                stride = 2 if reduction and f < 2 else 1
+                self.edges[edge_key(f, t)] = nn.ModuleDict(
+                    {op: make_op(op, c, stride, affine=False, pool_bn=True, track=False)
+                     for op in primitives if op != "null"})
+
+
+@dataclass(eq=False)
+class Value:
+    """One computed tensor for one group of samples; `tensor is None` means known zeros."""
+    uid: int
+    tensor: Optional[torch.Tensor]
+    n: int
+
+
+@dataclass(eq=False)
+class CellOutput:
+    """A cell's (or the stem's) output: the values of its output nodes, in concat order.
+    `blocks` holds each value's position among the B node blocks (None: the stem, all channels)."""
+    values: Tuple[Value, ...]
+    blocks: Optional[Tuple[int, ...]]
+
+    @property
+    def key(self):
+        return (tuple(v.uid for v in self.values), self.blocks)
+
+
+def live_nodes(edges, outputs: Sequence[int]) -> set:
+    """Nodes that reach the cell output through non-null edges."""
+    live = set(outputs)
+    for op, f, t in sorted(edges, key=lambda e: -e[2]):
+        if t in live and op != "null":
+            live.add(f)
+    return live
+
+
+class Supernet(nn.Module):
+    def __init__(self, family: Family, channels: int = 20, layers: int = 8, num_classes: int = 10,
+                 stem_multiplier: int = 3):
+        super().__init__()
+        self.family, self.channels, self.layers = family, channels, layers
+        self.primitives = tuple(family.primitives)
+        b = family.num_nodes
+        c_stem = stem_multiplier * channels
+        self.stem = Stem(c_stem, affine=False, track=False)
+        self.cells = nn.ModuleList()
+        c_pp, c_p, c = c_stem, c_stem, channels
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reduction_layers(layers)
+            if reduction:
+                c *= 2
+            self.cells.append(SuperCell(self.primitives, b, c_pp, c_p, c, reduction, reduction_prev))
+            c_pp, c_p, reduction_prev = c_p, b * c, reduction
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    # ----------------------------------------------------------------- public API
+    def forward(self, x: torch.Tensor, arch: Genotype) -> torch.Tensor:
+        """The sampled path: logits of one architecture on the whole batch."""
+        return self.run([x], [(0, arch)])[0]
+
+    def forward_shared(self, x: torch.Tensor, archs: Sequence[Genotype]) -> List[torch.Tensor]:
+        """Logits of each architecture on the same samples, shared values computed once."""
+        return self.run([x], [(0, a) for a in archs])
+
+    def forward_routed(self, x: torch.Tensor, archs: Sequence[Genotype], sizes: Sequence[int]) -> torch.Tensor:
+        """Group g of the batch (sizes[g] samples, in order) runs archs[g]; logits in batch order."""
+        if sum(sizes) != x.shape[0] or len(sizes) != len(archs):
+            raise ValueError(f"routing sizes {list(sizes)} do not match batch {x.shape[0]} and {len(archs)} architectures")
+        parts = list(torch.split(x, list(sizes)))
+        return torch.cat(self.run(parts, list(enumerate(archs))))
+
+    # ----------------------------------------------------------------- engine
+    def run(self, inputs: Sequence[torch.Tensor], lanes: Sequence[Tuple[int, Genotype]]) -> List[torch.Tensor]:
+        """Run each lane (input index, architecture); returns each lane's logits."""
+        self._check_archs([g for _, g in lanes])
+        ctx = _RunContext()
+        stem_vals = ctx.batched(("stem",), [(("stem", i), [x]) for i, x in enumerate(inputs)],
+                                lambda xs, groups: self.stem(xs, groups))
+        states = [(CellOutput((stem_vals[i],), None),) * 2 for i, _ in lanes]
+        for index, cell in enumerate(self.cells):
+            cells_genes = [(g.reduce if cell.reduction else g.normal,
+                            g.reduce_concat if cell.reduction else g.normal_concat) for _, g in lanes]
+            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], cells_genes)
+            states = [(s[1], o) for s, o in zip(states, outs)]
+        return [self._classify(ctx, s[1]) for s in states]
+
+    def _check_archs(self, archs: Sequence[Genotype]) -> None:
+        prims, b = set(self.primitives), self.family.num_nodes
+        for g in archs:
+            for edges in (g.normal, g.reduce):
+                for op, f, t in edges:
+                    if op not in prims or not (0 <= f < t <= b + 1):
+                        raise ValueError(f"edge {(op, f, t)} does not fit this supernet "
+                                         f"({self.family.name}, {b} nodes, ops {self.primitives})")
+
+    def _preprocess(self, ctx, module, tag, index, outs: Sequence[CellOutput], needed: Sequence[bool]) -> List[Value]:
+        """Preprocess each lane's input where the cell uses it. Zero nodes are dropped together with
+        their weight columns: exact, since ReLU and the 1x1 convolutions map zeros to zeros."""
+        requests = []
+        results: List[Optional[Value]] = [None] * len(outs)
+        for lane, out in enumerate(outs):
+            parts = [(v, blk) for v, blk in zip(out.values, out.blocks or (None,)) if v.tensor is not None]
+            if not parts or not needed[lane]:
+                results[lane] = ctx.zero(out.values[0].n)
+                continue
+            blocks = None if out.blocks is None else tuple(blk for _, blk in parts)
+            key = (tag, index, out.key)
+            requests.append((lane, key, [v.tensor for v, _ in parts], blocks))
+        # One batched call per distinct channel subset.
+        for blocks, reqs in itertools.groupby(sorted(requests, key=lambda r: str(r[3])), key=lambda r: r[3]):
+            reqs = list(reqs)
+            cidx = None if blocks is None else _channel_index(blocks, reqs[0][2][0])
+            fn = lambda xs, groups, cidx=cidx: module(xs, groups, cidx)
+            vals = ctx.batched((tag, index, blocks), [(key, tensors) for _, key, tensors, _ in reqs], fn)
+            for (lane, *_), v in zip(reqs, vals):
+                results[lane] = v
+        return results
+
+    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes) -> List[CellOutput]:
+        b = self.family.num_nodes
+        outputs = [output_nodes(edges, concat, self.family) for edges, concat in genes]
+        lives = [live_nodes(edges, outs) for (edges, _), outs in zip(genes, outputs)]
+        s0 = self._preprocess(ctx, cell.pre0, "pre0", index, outs_pp, [0 in live for live in lives])
+        s1 = self._preprocess(ctx, cell.pre1, "pre1", index, outs_p, [1 in live for live in lives])
+        nodes = [{0: a, 1: c} for a, c in zip(s0, s1)]
+        for t in range(2, b + 2):
+            # Gather, per (from, op), the distinct inputs of all lanes whose node t is live.
+            wanted: Dict[Tuple[int, str], Dict[int, Value]] = {}
+            lane_edges: List[List[Tuple[int, str, Value]]] = [[] for _ in genes]
+            for lane, (edges, _) in enumerate(genes):
+                if t not in lives[lane]:
+                    continue
+                for op, f, tt in edges:
+                    if tt != t or op == "null":
+                        continue
+                    v = nodes[lane][f]
+                    if v.tensor is None:
+                        continue
+                    wanted.setdefault((f, op), {})[v.uid] = v
+                    lane_edges[lane].append((f, op, v))
+            results: Dict[Tuple[int, str, int], Value] = {}
+            for (f, op), inputs in wanted.items():
+                module = cell.edges[edge_key(f, t)][op]
+                reqs = [(("edge", index, f, t, op, uid), [v.tensor]) for uid, v in inputs.items()]
+                vals = ctx.batched(("edge", index, f, t, op), reqs, lambda xs, groups, m=module: m(xs, groups))
+                for uid, v in zip(inputs, vals):
+                    results[(f, op, uid)] = v
+            for lane in range(len(genes)):
+                if t not in lives[lane]:
+                    continue
+                contribs = [results[(f, op, v.uid)] for f, op, v in lane_edges[lane]]
+                n = nodes[lane][0].n
+                nodes[lane][t] = ctx.node_sum(contribs, n)
+        return [CellOutput(tuple(nodes[lane][s] for s in outs), tuple(s - 2 for s in outs))
+                for lane, outs in enumerate(outputs)]
+
+    def _classify(self, ctx, out: CellOutput) -> torch.Tensor:
+        parts = [(v, blk) for v, blk in zip(out.values, out.blocks) if v.tensor is not None]
+        w, bias = self.classifier.weight, self.classifier.bias
+        if not parts:
+            return bias.expand(out.values[0].n, -1)
+        pooled = torch.cat([ctx.pooled(v) for v, _ in parts], dim=1)
+        blocks = tuple(blk for _, blk in parts)
+        if blocks != tuple(range(self.family.num_nodes)):
+            w = w.index_select(1, _channel_index(blocks, parts[0][0].tensor))
+        return F.linear(pooled, w, bias)
+
+
+def _channel_index(blocks: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Channel positions of the given node blocks inside the full concat of all B nodes."""
+    c = like.shape[1]
+    return torch.cat([torch.arange(b * c, (b + 1) * c) for b in blocks]).to(like.device)
+
+
+class _RunContext:
+    """Values computed during one `Supernet.run`, identified by what they are computed from."""
+
+    def __init__(self):
+        self._uids = itertools.count()
+        self._memo: Dict[tuple, Value] = {}
+        self._pooled: Dict[int, torch.Tensor] = {}
+
+    def zero(self, n: int) -> Value:
+        return Value(-1, None, n)
+
+    def batched(self, tag, requests, fn) -> List[Value]:
+        """Compute `fn` once for all distinct requests (key, [input tensors]), concatenated along
+        the batch with per-request BN groups; a request's tensors are concatenated channel-wise."""
+        out: List[Optional[Value]] = []
+        todo = {}
+        for key, tensors in requests:
+            if key in self._memo:
+                out.append(self._memo[key])
+            else:
+                todo.setdefault(key, tensors)
+                out.append(None)
+        if todo:
+            inputs = [ts[0] if len(ts) == 1 else torch.cat(ts, dim=1) for ts in todo.values()]
+            sizes = [x.shape[0] for x in inputs]
+            y = fn(inputs[0] if len(inputs) == 1 else torch.cat(inputs), tuple(sizes))
+            parts = [y] if len(inputs) == 1 else torch.split(y, sizes)
+            for key, part in zip(todo, parts):
+                self._memo[key] = Value(next(self._uids), part, part.shape[0])
+        return [v if v is not None else self._memo[key] for v, (key, _) in zip(out, requests)]
+
+    def node_sum(self, contribs: List[Value], n: int) -> Value:
+        if not contribs:
+            return self.zero(n)
+        key = ("node",) + tuple(sorted(v.uid for v in contribs))
+        if key not in self._memo:
+            total = contribs[0].tensor
+            for v in contribs[1:]:
+                total = total + v.tensor
+            self._memo[key] = Value(next(self._uids), total, n) if len(contribs) > 1 else contribs[0]
+        return self._memo[key]
+
+    def pooled(self, v: Value) -> torch.Tensor:
+        if v.uid not in self._pooled:
+            self._pooled[v.uid] = v.tensor.mean(dim=(2, 3))
+        return self._pooled[v.uid]

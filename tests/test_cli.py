@@ -1,0 +1,76 @@
+"""The command line: the contracts other tools rely on, and clear errors for bad input."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from natfast.cli import main
+from natfast.genotype import get_named, parse
+from natfast.transitions import is_valid_transformation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _natfast(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "natfast", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_info_json_has_the_contract_keys():
+    out = _natfast("info", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    for key in ("cpu_extension", "cuda_extension", "triton"):
+        assert isinstance(info[key], bool)
+    assert info["torch"]
+
+
+@pytest.mark.slow
+def test_tiny_search_then_transform(tmp_path):
+    """The README's main job: `search --preset tiny` under 3 minutes, then `transform`."""
+    start = time.time()
+    out = _natfast("search", "--preset", "tiny", "--out", str(tmp_path / "run"), "--no-progress")
+    elapsed = time.time() - start
+    assert out.returncode == 0, out.stderr
+    assert elapsed < 180, f"tiny search took {elapsed:.0f} s"
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    png = tmp_path / "cells.png"
+    out = _natfast("transform", "--arch", "DARTS", "--checkpoint", str(ckpt), "--draw", str(png))
+    assert out.returncode == 0, out.stderr
+    lines = [l for l in out.stdout.splitlines() if l.startswith("Genotype(")]
+    assert len(lines) == 2
+    beta, alpha = parse(lines[0]), parse(lines[-1])
+    darts, family = get_named("DARTS")
+    assert beta == darts
+    assert is_valid_transformation(beta, alpha, "nat", family.primitives)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MAdds" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search", "--data", "/nonexistent/cifar", "--epochs", "1"], "/nonexistent/cifar"),
+    (["transform", "--checkpoint", "/nonexistent/ckpt.pt"], "does not exist"),
+    (["draw", "--arch", "NOT_AN_ARCH"], "NOT_AN_ARCH"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
+    code = main(args + (["--out", str(tmp_path / "o")] if args[0] != "transform" else []))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_malformed_genotype_file(tmp_path, capsys):
+    bad = tmp_path / "arch.txt"
+    bad.write_text("Genotype(normal=[('sep_conv_9x9', 0, 2)], normal_concat=[2], reduce=[], reduce_concat=[])")
+    assert main(["draw", "--arch", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "sep_conv_9x9" in capsys.readouterr().err
+
+
+def test_draw_writes_png(tmp_path):
+    out = tmp_path / "d.png"
+    assert main(["draw", "--arch", "DARTS", "--compare", "NAT_DARTS", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"

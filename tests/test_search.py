@@ -1,0 +1,92 @@
+"""The alternating trainer: exact resume, checkpoints, derive."""
+import os
+
+import pytest
+import torch
+
+from natfast import checkpoint as ckpt
+from natfast.config import SearchConfig
+from natfast.derive import load_search, transform_argmax, transform_best_of_k, validation_loader
+from natfast.genotype import get_named
+from natfast.search import Searcher
+from natfast.transitions import is_valid_transformation
+
+# 320 images, batch 32: 4 w-steps then 6 theta-steps per epoch.
+SMALL = dict(epochs=2, batch_size=32, channels=4, layers=3, train_limit=320, progress=False,
+             hidden_size=16, embedding_size=8, checkpoint_every=0, num_inputs=2, num_samples=2)
+
+
+def _run(tmp_path, name, **kw):
+    cfg = SearchConfig(out=str(tmp_path / name), **{**SMALL, **kw})
+    s = Searcher(cfg, log=lambda _: None)
+    s.run()
+    return s
+
+
+def _same_state(a: Searcher, b: Searcher):
+    for sa, sb in ((a.supernet, b.supernet), (a.policy, b.policy)):
+        for (name, ta), tb in zip(sa.state_dict().items(), sb.state_dict().values()):
+            assert torch.equal(ta, tb), name
+    assert a.baseline == b.baseline
+    assert vars(a.position) == vars(b.position)
+
+
+@pytest.mark.parametrize("k", [3, 5])   # stop inside the w phase, and inside the theta phase
+def test_resume_gives_the_same_next_step(tmp_path, k):
+    straight = _run(tmp_path, "straight", max_steps=k + 1)
+    _run(tmp_path, "resumed", max_steps=k)
+    resumed = _run(tmp_path, "resumed", max_steps=k + 1, resume=True)
+    assert resumed.position.step == k + 1
+    _same_state(straight, resumed)
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    _run(tmp_path, "run", max_steps=1)
+    with pytest.raises(ckpt.CheckpointError, match="channels"):
+        _run(tmp_path, "run", max_steps=2, resume=True, channels=6)
+
+
+def test_checkpoint_is_weights_only_and_kept_on_overwrite(tmp_path):
+    s = _run(tmp_path, "run", max_steps=2)
+    path = os.path.join(s.cfg.out, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == ckpt.FORMAT and state["position"]["step"] == 2
+    s.save(path)
+    assert os.path.exists(path + ".prev") and not os.path.exists(path + ".tmp")
+
+
+@pytest.mark.parametrize("content,match", [(b"\x00garbage" * 10, "corrupt"), (None, "not a natfast")])
+def test_bad_checkpoints_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"format": "something-else"}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ckpt.CheckpointError, match=match):
+        load_search(str(path))
+
+
+def test_metrics_log_has_both_phases(tmp_path):
+    s = _run(tmp_path, "run", epochs=1)
+    import json
+    rows = [json.loads(line) for line in open(os.path.join(s.cfg.out, "metrics.jsonl"))]
+    assert [r["phase"] for r in rows] == ["w"] * 4 + ["theta"] * 6
+    assert all("reward" in r and "entropy" in r for r in rows if r["phase"] == "theta")
+
+
+def test_derive_argmax_and_best_of_k(tmp_path):
+    s = _run(tmp_path, "run", epochs=1)
+    result = load_search(os.path.join(s.cfg.out, "checkpoint.pt"))
+    beta, family = get_named("DARTS")
+    alpha = transform_argmax(result.policy, beta)
+    assert is_valid_transformation(beta, alpha, "nat", family.primitives)
+    best = transform_best_of_k(result, beta, k=4, seed=1, loader=validation_loader(result.config), max_batches=2)
+    assert len(best.scores) == 4 and all(0 <= x <= 1 for x in best.scores)
+    assert best.best == beta or max(best.scores) > best.beta_score
+    assert is_valid_transformation(beta, best.best, "nat", family.primitives)
+
+
+@pytest.mark.parametrize("policy", ["lstm", "random"])
+def test_ablation_policies_train(tmp_path, policy):
+    s = _run(tmp_path, policy, epochs=1, policy=policy)
+    assert s.position.step == 10

@@ -1,0 +1,150 @@
+"""The supernet engine: sampled path == standalone network, pruning, multi-architecture batches."""
+import pytest
+import torch
+
+from natfast.genotype import FAMILIES, Genotype, get_family
+from natfast.network import network_from_supernet
+from natfast.sampler import sample_genotype
+from natfast.supernet import Supernet, edge_key
+
+FWD_TOL = dict(rtol=1e-9, atol=1e-9)     # float64: only summation order may differ
+GRAD_TOL = dict(rtol=1e-7, atol=1e-9)
+
+
+def _supernet(family_name, natpp=False, channels=4, layers=5, seed=0):
+    torch.manual_seed(seed)
+    return Supernet(get_family(family_name, natpp), channels, layers).double()
+
+
+def _with_nulls(g: Genotype, every: int = 3) -> Genotype:
+    cell = lambda edges: [("null", f, t) if i % every == 1 else (op, f, t) for i, (op, f, t) in enumerate(edges)]
+    return g._replace(normal=cell(g.normal), reduce=cell(g.reduce))
+
+
+@pytest.mark.parametrize("family_name,natpp", [("darts", False), ("enas", False), ("darts", True)])
+@pytest.mark.parametrize("nulls", [False, True])
+def test_sampled_path_equals_standalone_network(family_name, natpp, nulls):
+    sn = _supernet(family_name, natpp)
+    gen = torch.Generator().manual_seed(3)
+    arch = sample_genotype(sn.family, gen)
+    arch = _with_nulls(arch) if nulls else arch
+    net = network_from_supernet(sn, arch).double()
+    x = torch.randn(4, 3, 12, 12, dtype=torch.float64, generator=gen)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = sn(x1, arch), net(x2)
+    torch.testing.assert_close(y1, y2, **FWD_TOL)
+    w = torch.randn(y1.shape, dtype=torch.float64, generator=gen)
+    (y1 * w).sum().backward()
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, **GRAD_TOL)
+    # Every used op's weight gradient: the network's copies summed onto the shared weights.
+    for cell, scell in zip(net.cells, sn.cells):
+        expected = {}
+        for j, (op, f, t) in enumerate(cell.edges):
+            if op == "null":
+                continue
+            for name, p in cell.ops[str(j)].named_parameters():
+                key = (edge_key(f, t), op, name)
+                expected[key] = expected.get(key, 0) + p.grad
+        for (ek, op, name), g in expected.items():
+            shared = dict(scell.edges[ek][op].named_parameters())[name]
+            torch.testing.assert_close(shared.grad, g, **GRAD_TOL)
+    torch.testing.assert_close(sn.stem.conv.weight.grad, net.stem.conv.weight.grad, **GRAD_TOL)
+
+
+def _count_calls(sn):
+    calls = {}
+
+    def hook(name):
+        def fn(module, args, out):
+            calls[name] = calls.get(name, 0) + 1
+        return fn
+    for ci, cell in enumerate(sn.cells):
+        for ek, ops in cell.edges.items():
+            for op, m in ops.items():
+                m.register_forward_hook(hook((ci, ek, op)))
+        cell.pre0.register_forward_hook(hook((ci, "pre0")))
+        cell.pre1.register_forward_hook(hook((ci, "pre1")))
+    return calls
+
+
+def test_null_edges_and_dead_nodes_run_no_op():
+    sn = _supernet("darts", layers=1)          # one (reduction-free) normal cell... layers=1 -> no reduction
+    # node 3 is dead (not in concat, nobody uses it); node 4 is zero (both inputs null),
+    # so the edge 4 -> 5 is skipped too.
+    cell = [("sep_conv_3x3", 0, 2), ("null", 1, 2), ("max_pool_3x3", 0, 3), ("conv_3x3", 1, 3),
+            ("null", 0, 4), ("null", 1, 4), ("skip_connect", 4, 5), ("dil_conv_3x3", 2, 5)]
+    arch = Genotype(cell, [2, 5], cell, [2, 5])
+    calls = _count_calls(sn)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = sn(x, arch)
+    assert calls == {(0, "pre0"): 1, (0, "0_2", "sep_conv_3x3"): 1, (0, "2_5", "dil_conv_3x3"): 1}
+    # ... and skipping them changes nothing: the standalone network runs the zero node explicitly.
+    torch.testing.assert_close(y, network_from_supernet(sn, arch).double()(x), **FWD_TOL)
+
+
+def test_unused_input_is_not_preprocessed():
+    sn = _supernet("darts", layers=1)
+    cell = [("sep_conv_3x3", 0, 2), ("skip_connect", 0, 2), ("avg_pool_3x3", 2, 3), ("skip_connect", 0, 3),
+            ("sep_conv_5x5", 3, 4), ("skip_connect", 2, 4), ("skip_connect", 4, 5), ("max_pool_3x3", 0, 5)]
+    calls = _count_calls(sn)
+    sn(torch.randn(2, 3, 8, 8, dtype=torch.float64), Genotype(cell, [2, 3, 4, 5], cell, [2, 3, 4, 5]))
+    assert (0, "pre1") not in calls and calls[(0, "pre0")] == 1
+
+
+def _archs_for_sharing(family, gen):
+    a, b, c = (sample_genotype(family, gen) for _ in range(3))
+    last_cell_differs = a._replace(normal=b.normal)  # normal cells differ: every normal cell
+    only_reduce = a._replace(reduce=c.reduce)        # differs from cell L/3 on
+    return [a, b, a, last_cell_differs, only_reduce, _with_nulls(c)]
+
+
+@pytest.mark.parametrize("family_name", ["darts", "enas"])
+def test_shared_batch_equals_sequential(family_name):
+    sn = _supernet(family_name, layers=4)
+    gen = torch.Generator().manual_seed(5)
+    archs = _archs_for_sharing(sn.family, gen)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
+    batched = sn.forward_shared(x, archs)
+    for arch, y in zip(archs, batched):
+        torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
+
+
+def test_prefix_sharing_computes_shared_cells_once():
+    sn = _supernet("darts", layers=3)            # cells: normal, reduce(1), reduce(2)
+    gen = torch.Generator().manual_seed(1)
+    a = sample_genotype(sn.family, gen)
+    b = a._replace(reduce=sample_genotype(sn.family, gen).reduce)   # differs from cell 1 on
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    calls = _count_calls(sn)
+    sn.forward_shared(x, [a])
+    alone = dict(calls)
+    calls.clear()
+    sn.forward_shared(x, [a, b, a])
+    # Cell 0 is identical for all three and fed the same stem: each of its ops runs once, as for one.
+    assert {k: v for k, v in calls.items() if k[0] == 0} == {k: v for k, v in alone.items() if k[0] == 0}
+    # Cell 1 differs between a and b: its ops run for both (one batched call per op each).
+    assert sum(v for k, v in calls.items() if k[0] == 1) > sum(v for k, v in alone.items() if k[0] == 1)
+
+
+@pytest.mark.parametrize("family_name", ["darts", "enas"])
+def test_routed_batch_equals_each_group_alone(family_name):
+    sn = _supernet(family_name, layers=4)
+    gen = torch.Generator().manual_seed(7)
+    archs = [sample_genotype(sn.family, gen) for _ in range(3)]
+    sizes = [2, 3, 2]
+    x = torch.randn(sum(sizes), 3, 8, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    y = sn.forward_routed(x, archs, sizes)
+    start = 0
+    for arch, n in zip(archs, sizes):
+        torch.testing.assert_close(y[start:start + n], sn(x[start:start + n], arch), **FWD_TOL)
+        start += n
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_arch_that_does_not_fit_is_rejected():
+    sn = _supernet("darts", layers=2)
+    enas_like = sample_genotype(FAMILIES["enas"], torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="does not fit this supernet"):
+        sn(torch.randn(2, 3, 8, 8, dtype=torch.float64), enas_like)

@@ -1,0 +1,181 @@
+"""Triton backend vs reference, forward and backward, on random inputs.
+
+On CPU these run in Triton's interpreter: the environment must have TRITON_INTERPRET=1 and
+NATFAST_TRITON_INTERPRET=1 *before* natfast (and so triton) is imported — set them in CI / conftest.
+On a GPU machine (TRITON_INTERPRET unset) the same tests run the compiled kernels on CUDA tensors.
+Shapes are tiny: the interpreter runs every program in Python.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from natfast.ops import dispatch
+from natfast.ops.backends import load_all
+
+pytestmark = pytest.mark.triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRET and os.environ.get("NATFAST_TRITON_INTERPRET") != "1":
+    pytest.skip("TRITON_INTERPRET=1 without NATFAST_TRITON_INTERPRET=1: the backend is not registered for CPU "
+                "tensors", allow_module_level=True)
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("no GPU and TRITON_INTERPRET/NATFAST_TRITON_INTERPRET are not set (set both to 1 to run the "
+                "Triton kernels in the CPU interpreter)", allow_module_level=True)
+STATUS = load_all().get("triton", "")
+if not STATUS.startswith("active"):
+    pytest.skip(f"Triton backend {STATUS}", allow_module_level=True)
+
+from natfast.ops import gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
+from natfast.ops.mixed import routed_mixed_op  # noqa: E402
+from natfast.ops.policy_sample import masked_sample  # noqa: E402
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed=0, scale=1.0, shift=0.0, requires_grad=False):
+    t = (torch.randn(*shape, generator=_gen(seed)) * scale + shift).to(DEVICE)
+    return t.requires_grad_(requires_grad)
+
+
+def run_both(op: str, fn, inputs, seed=99):
+    """fn(*inputs) under the reference and the Triton backend; returns ([outputs], [input grads]) each.
+    The backward uses the same random output gradient for both."""
+    results = {}
+    for backend in ("reference", "triton"):
+        leaves = [t.detach().clone().requires_grad_(t.requires_grad) if torch.is_tensor(t) else t for t in inputs]
+        with dispatch.use_backend("auto", **{op: backend}):
+            out = fn(*leaves)
+        outs = out if isinstance(out, tuple) else (out,)
+        diff = [o for o in outs if o.is_floating_point() and o.requires_grad]
+        grads_out = [torch.randn(o.shape, generator=_gen(seed + i)).to(o) for i, o in enumerate(diff)]
+        wrt = [t for t in leaves if torch.is_tensor(t) and t.requires_grad]
+        grads = torch.autograd.grad(diff, wrt, grads_out) if diff and wrt else ()
+        results[backend] = ([o.detach() for o in outs], list(grads))
+    return results["reference"], results["triton"]
+
+
+def assert_match(ref, fast, atol, rtol=1e-4):
+    for r, f in zip(ref[0] + ref[1], fast[0] + fast[1]):
+        assert r.shape == f.shape and r.dtype == f.dtype
+        torch.testing.assert_close(f, r, atol=atol, rtol=rtol)
+    assert len(ref[1]) == len(fast[1])
+
+
+def test_backend_is_chosen():
+    x, w = randn(1, 2, 5, 5), randn(2, 1, 3, 3)
+    with dispatch.use_backend("triton"):
+        assert dispatch.resolve("relu_dwconv", DEVICE, x, w, 1, 1)[0] == "triton"
+
+
+@pytest.mark.parametrize("k,stride,dilation,shape", [
+    (3, 1, 1, (2, 3, 7, 6)), (3, 2, 1, (1, 2, 9, 5)), (5, 1, 2, (2, 2, 6, 7)),
+    (5, 2, 2, (2, 3, 7, 7)), (3, 1, 2, (1, 4, 5, 9)), (5, 2, 1, (2, 2, 8, 6))])
+def test_relu_dwconv(k, stride, dilation, shape):
+    x = randn(*shape, seed=1, requires_grad=True)
+    w = randn(shape[1], 1, k, k, seed=2, scale=0.5, requires_grad=True)
+    ref, fast = run_both("relu_dwconv", lambda a, b: relu_dwconv(a, b, stride, dilation), [x, w])
+    assert_match(ref, fast, atol=1e-5)
+
+
+def test_relu_dwconv_non_contiguous_input():
+    x = randn(2, 7, 6, 3, seed=3).permute(0, 3, 1, 2).requires_grad_()  # (2, 3, 7, 6), not contiguous
+    w = randn(3, 1, 3, 3, seed=4, requires_grad=True)
+    ref, fast = run_both("relu_dwconv", lambda a, b: relu_dwconv(a, b, 1, 1), [x, w])
+    assert_match(ref, fast, atol=1e-5)
+
+
+def test_relu_dwconv_weight_grad_is_deterministic():
+    x, w = randn(3, 2, 9, 9, seed=5), randn(2, 1, 5, 5, seed=6, requires_grad=True)
+    grads = []
+    for _ in range(2):
+        with dispatch.use_backend("auto", relu_dwconv="triton"):
+            y = relu_dwconv(x, w, 1, 2)
+        grads.append(torch.autograd.grad(y, w, torch.ones_like(y))[0])
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_relu_dwconv_half_forward():
+    x, w = randn(2, 3, 6, 5, seed=7).half(), randn(3, 1, 3, 3, seed=8).half()
+    with dispatch.use_backend("auto", relu_dwconv="triton"):
+        y = relu_dwconv(x, w, 1, 1)
+    expected = torch.nn.functional.conv2d(x.float().relu(), w.float(), None, 1, 1, 1, 3)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), expected, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("kind,k,stride", [("max", 3, 1), ("avg", 3, 2), ("max", 5, 2), ("avg", 5, 1), ("max", 3, 2)])
+def test_pool2d(kind, k, stride):
+    x = randn(2, 2, 7, 6, seed=9, requires_grad=True)
+    ref, fast = run_both("pool2d", lambda a: pool2d(a, kind, k, stride), [x])
+    assert_match(ref, fast, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [None, (2, 3), (1, 1, 3), (5,)])
+def test_group_batch_norm(groups):
+    # A large common offset checks that the variance does not cancel.
+    x = randn(5, 3, 4, 5, seed=10, scale=2.0, shift=30.0, requires_grad=True)
+    ref, fast = run_both("group_batch_norm", lambda a: group_batch_norm(a, groups), [x])
+    assert_match(ref, fast, atol=2e-4, rtol=1e-3)
+
+
+def _gcn_inputs(b, n, f, h, o, seed):
+    adj = torch.rand(b, n, n, generator=_gen(seed)).to(DEVICE)
+    x = randn(b, n, f, seed=seed + 1, requires_grad=True)
+    params = [randn(f, h, seed=seed + 2, scale=0.3), randn(h, seed=seed + 3), randn(h, h + 1, seed=seed + 4, scale=0.3),
+              randn(h + 1, seed=seed + 5), randn(h + 1, o, seed=seed + 6, scale=0.3), randn(o, seed=seed + 7)]
+    return [adj, x] + [p.requires_grad_() for p in params]
+
+
+@pytest.mark.parametrize("b,n,f,h,o", [(3, 6, 5, 7, 9), (13, 7, 16, 16, 18), (1, 6, 20, 33, 4)])
+def test_gcn_policy_logits(b, n, f, h, o):
+    ref, fast = run_both("gcn_policy_logits", gcn_policy_logits, _gcn_inputs(b, n, f, h, o, seed=20))
+    assert_match(ref, fast, atol=1e-4, rtol=1e-4)
+
+
+def test_gcn_policy_logits_single_graph():
+    adj, x, *params = _gcn_inputs(1, 6, 8, 8, 5, seed=30)
+    ref, fast = run_both("gcn_policy_logits", gcn_policy_logits, [adj[0], x[0].detach().requires_grad_()] + params)
+    assert_match(ref, fast, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_masked_sample(greedy):
+    logits = randn(7, 2, 9, seed=40, scale=2.0, requires_grad=True)
+    mask = (torch.rand(7, 2, 9, generator=_gen(41)) < 0.5).to(DEVICE)
+    mask[..., 4] = True  # every edge may stay skip (as in NAT)
+    mask[0, 0] = False
+    mask[0, 0, 8] = True  # a row whose only allowed target is the last
+    uniform = None if greedy else torch.rand(7, 2, generator=_gen(42)).to(DEVICE)
+    ref, fast = run_both("masked_sample", lambda z: masked_sample(z, mask, uniform), [logits])
+    assert torch.equal(ref[0][0], fast[0][0])
+    assert bool(mask.gather(-1, fast[0][0].unsqueeze(-1)).all())
+    assert_match(ref, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride,groups,routing", [
+    (3, 1, None, "one_hot"), (3, 1, (1, 2), "soft"), (5, 2, (2, 1), "one_hot"), (3, 2, None, "soft")])
+def test_routed_mixed_op(k, stride, groups, routing):
+    n, c, h, w = 3, 2, 7, 6
+    x = randn(n, c, h, w, seed=50, requires_grad=True)
+    if routing == "one_hot":
+        choice = torch.tensor([0, 1, 2]) if stride == 1 else torch.tensor([0, 1, 0])
+        weights = torch.nn.functional.one_hot(choice, 4).float().to(DEVICE)
+    else:
+        weights = torch.rand(n, 4, generator=_gen(51)).to(DEVICE)
+    weights.requires_grad_()
+    inputs = [x, weights]
+    if stride == 2:
+        size = lambda s: (s + 2 * (k // 2) - k) // 2 + 1
+        inputs.append(randn(n, c, size(h), size(w), seed=52, requires_grad=True))
+        fn = lambda a, wt, s: routed_mixed_op(a, wt, k, stride, groups, skip=s)
+    else:
+        fn = lambda a, wt: routed_mixed_op(a, wt, k, stride, groups)
+    ref, fast = run_both("routed_mixed_op", fn, inputs)
+    assert_match(ref, fast, atol=1e-4, rtol=1e-3)
