@@ -20,22 +20,26 @@ from natfast.genotype import get_named
 from natfast.supernet import Supernet
 
 
-def _step_ms(run, x, device, repeat: int) -> float:
-    def step():
-        run(x).sum().backward()
-
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(repeat):
+def _interleaved_ms(runs, x, device, repeat: int):
+    """Median forward+backward ms of each run; the runs alternate step by step, so a change in
+    machine load hits all of them alike."""
+    def step(run):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        step()
+        run(x).sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return (time.perf_counter() - start) * 1e3
+
+    for run in runs:
+        for _ in range(2):
+            step(run)
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for i, run in enumerate(runs):
+            times[i].append(step(run))
+    return [statistics.median(t) for t in times]
 
 
 def measure(batch: int, channels: int, layers: int, device: str = "cpu", repeat: int = 20,
@@ -47,8 +51,7 @@ def measure(batch: int, channels: int, layers: int, device: str = "cpu", repeat:
     net = Supernet(family, channels=channels, layers=layers).to(dev)
     x = torch.randn(batch, 3, 32, 32, device=dev)
     plan = executor.compile_arch(net, genotype)
-    python_ms = _step_ms(lambda inp: net(inp, genotype), x, dev, repeat)
-    executor_ms = _step_ms(plan.run, x, dev, repeat)
+    python_ms, executor_ms = _interleaved_ms([lambda inp: net(inp, genotype), plan.run], x, dev, repeat)
     return {"python_ms": python_ms, "executor_ms": executor_ms, "saved_ms": python_ms - executor_ms,
             "speedup": python_ms / executor_ms}
 

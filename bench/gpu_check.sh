@@ -28,8 +28,17 @@ tests_rc=$?
 tests_summary=$(tail -n 1 "$RESULTS/pytest.log")
 [ $tests_rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/pytest.log" | head -n 20
 
-stage "benchmarks (log: $RESULTS/bench.log)"
-timeout 240 "$PYTHON" bench/gpu_bench.py --out "$RESULTS/gpu_bench.json" >"$RESULTS/bench.log" 2>&1
+stage "step, derive, executor and dispatch-table benchmarks (log: $RESULTS/natfast_bench.log)"
+{
+  timeout 90 "$PYTHON" -m natfast bench steps --device cuda --json >"$RESULTS/steps.json"
+  timeout 60 "$PYTHON" -m natfast bench derive --device cuda --json >"$RESULTS/derive.json"
+  timeout 60 "$PYTHON" bench/executor_overhead.py --device cuda
+  timeout 60 "$PYTHON" -m natfast.ops.dispatch_table
+} >"$RESULTS/natfast_bench.log" 2>&1
+cat "$RESULTS/steps.json" "$RESULTS/derive.json" 2>/dev/null
+
+stage "kernel benchmarks (log: $RESULTS/bench.log)"
+timeout 180 "$PYTHON" bench/gpu_bench.py --out "$RESULTS/gpu_bench.json" >"$RESULTS/bench.log" 2>&1
 bench_rc=$?
 [ $bench_rc -eq 0 ] || tail -n 30 "$RESULTS/bench.log"
 

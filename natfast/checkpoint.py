@@ -8,6 +8,7 @@ from typing import Any, Dict
 import torch
 
 FORMAT = "natfast-search-v1"
+TRAIN_FORMAT = "natfast-train-v1"
 
 
 class CheckpointError(ValueError):
@@ -26,7 +27,7 @@ def save(state: Dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str) -> Dict[str, Any]:
+def load(path: str, expected: str = FORMAT) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist (run `natfast search --out DIR` to make one)")
     try:
@@ -34,7 +35,8 @@ def load(path: str) -> Dict[str, Any]:
     except Exception as exc:  # torch raises many types for a damaged file; the message is what matters
         raise CheckpointError(f"checkpoint {path} is corrupt or not a natfast checkpoint: {type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != expected:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"checkpoint {path} is not a natfast search checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"checkpoint {path} is not a natfast checkpoint of the expected kind "
+                              f"(format {found!r}, expected {expected!r})")
     return state

@@ -1,4 +1,4 @@
-"""The `natfast` command: search, transform, draw, info, bench."""
+"""The `natfast` command: search, transform, train, draw, info, bench."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import (PRESETS, DrawConfig, SearchConfig, TransformConfig, add_arguments,
-                     from_arguments)
+from .config import (PRESETS, TRAIN_PRESETS, DrawConfig, SearchConfig, TrainConfig, TransformConfig,
+                     add_arguments, from_arguments)
 
 
 class UserError(Exception):
@@ -66,6 +66,15 @@ def cmd_transform(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import Trainer
+    cfg = from_arguments(TrainConfig, args, dict(TRAIN_PRESETS[args.preset]) if args.preset else {})
+    record = Trainer(cfg).run()
+    print(f"test accuracy {record.get('test_acc', float('nan')):.4f} after {cfg.epochs} epochs; "
+          f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}")
+    return 0
+
+
 def cmd_draw(args) -> int:
     from .draw import draw
     from .flops import count
@@ -88,8 +97,9 @@ def cmd_info(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import benchmarks
-    result = benchmarks.run(args.what, args.rest)
-    if args.json:
+    rest = [a for a in args.rest if a != "--json"]
+    result = benchmarks.run(args.what, rest)
+    if args.json or len(rest) != len(args.rest):
         print(json.dumps(result))
     else:
         print(benchmarks.format_result(args.what, result))
@@ -106,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transform", help="transform an architecture with a trained policy")
     add_arguments(p, TransformConfig)
     p.set_defaults(fn=cmd_transform)
+    p = sub.add_parser("train", help="train an architecture from scratch (DARTS protocol)")
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), help="start from a preset (tiny: a smoke run)")
+    add_arguments(p, TrainConfig)
+    p.set_defaults(fn=cmd_train)
     p = sub.add_parser("draw", help="draw architectures' cells as a PNG")
     add_arguments(p, DrawConfig)
     p.set_defaults(fn=cmd_draw)

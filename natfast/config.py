@@ -44,6 +44,8 @@ class SearchConfig:
     num_inputs: int = opt(1, "m: input architectures per policy step")
     num_samples: int = opt(1, "n: transformations sampled per input architecture")
     augment: bool = opt(True, "random crop + flip on the w batches")
+    executor: bool = opt(False, "run update_w's sampled path through the compiled C++ executor "
+                                "(ATen kernels, no per-op Python dispatch) when the extension has it")
     train_limit: int = opt(0, "use at most this many training images (0: all)")
     seed: int = opt(0, "seed of every random choice (data order, augmentation, architectures, init)")
     device: str = opt("auto", "cpu, cuda or auto")
@@ -75,6 +77,36 @@ class TransformConfig:
     draw: Optional[str] = opt(None, "write a PNG drawing of both architectures here")
     seed: int = opt(0, "seed for sampling")
     device: str = opt("auto", "cpu, cuda or auto")
+
+
+@dataclass
+class TrainConfig:
+    """Train an architecture from scratch (DARTS CIFAR-10 protocol by default, spec section 6)."""
+    arch: str = opt("DARTS", "named architecture or a genotype file (e.g. the output of transform)")
+    out: str = opt("runs/train", "output folder (checkpoint.pt, metrics.jsonl)")
+    data: Optional[str] = opt(None, "CIFAR-10 folder; default: the embedded sample")
+    epochs: int = opt(600, "training epochs")
+    batch_size: int = opt(96, "batch size")
+    channels: int = opt(36, "initial channels")
+    layers: int = opt(20, "cells")
+    lr: float = opt(0.025, "SGD learning rate (cosine to 0)")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(3e-4, "weight decay")
+    drop_path: float = opt(0.2, "drop-path probability (ramped linearly over training)")
+    cutout: int = opt(16, "cutout size (0: off)")
+    auxiliary_weight: float = opt(0.4, "auxiliary head loss weight (0: no auxiliary head)")
+    grad_clip: float = opt(5.0, "gradient-norm clip")
+    train_limit: int = opt(0, "use at most this many training images (0: all)")
+    seed: int = opt(0, "seed")
+    device: str = opt("auto", "cpu, cuda or auto")
+    resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
+    progress: bool = opt(True, "show a progress bar")
+
+
+TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(epochs=2, batch_size=32, channels=8, layers=5, train_limit=1000, auxiliary_weight=0.0),
+    "paper": dict(),
+}
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .genotype import Genotype
 from .ops.gcn import gcn_policy_logits
+from .ops.policy_sample import masked_sample
 from .transitions import transition_mask
 
 Edges = Sequence[Tuple[str, int, int]]
@@ -61,34 +61,29 @@ class BasePolicy(nn.Module):
     def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:  # (B, E, P), unmasked
         raise NotImplementedError
 
-    def masked_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+    def _logits_and_mask(self, cells: Sequence[Edges]) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.edge_logits(cells)
         ops, _, _ = encode_cells(cells, self.primitives, logits.device)
-        allowed = self.mask[ops]                     # (B, E, P)
+        return logits, self.mask[ops]                # (B, E, P) each
+
+    def masked_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        logits, allowed = self._logits_and_mask(cells)
         return logits.masked_fill(~allowed, float("-inf"))
 
     def sample(self, cells: Sequence[Edges], generator: torch.Generator, num_samples: int = 1) -> List[Transformation]:
-        """`num_samples` independent transformations of every cell (one forward pass)."""
-        logits = self.masked_logits(cells)
-        log_p = F.log_softmax(logits, dim=-1)
-        probs = log_p.exp()
-        entropy = -(probs * log_p.masked_fill(probs == 0, 0.0)).sum(-1).sum(-1)
-        flat = probs.reshape(-1, probs.shape[-1]).detach().cpu()
-        out = []
-        for _ in range(num_samples):
-            targets = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:2]).to(logits.device)
-            lp = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
-            out.append(Transformation(targets, lp, entropy))
-        return out
+        """`num_samples` independent transformations of every cell from one policy forward pass.
+        The uniforms come from the CPU `generator`, so a run is reproducible on any device."""
+        logits, allowed = self._logits_and_mask(cells)
+        b, e, p = logits.shape
+        logits = logits.unsqueeze(0).expand(num_samples, b, e, p)
+        uniform = torch.rand(num_samples, b, e, generator=generator).to(logits.device)
+        targets, log_p, entropy = masked_sample(logits, allowed.unsqueeze(0).expand_as(logits), uniform)
+        return [Transformation(targets[i], log_p[i].sum(-1), entropy[i].sum(-1)) for i in range(num_samples)]
 
     def argmax(self, cells: Sequence[Edges]) -> Transformation:
-        logits = self.masked_logits(cells)
-        log_p = F.log_softmax(logits, dim=-1)
-        targets = logits.argmax(-1)
-        lp = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
-        probs = log_p.exp()
-        entropy = -(probs * log_p.masked_fill(probs == 0, 0.0)).sum(-1).sum(-1)
-        return Transformation(targets, lp, entropy)
+        logits, allowed = self._logits_and_mask(cells)
+        targets, log_p, entropy = masked_sample(logits, allowed)
+        return Transformation(targets, log_p.sum(-1), entropy.sum(-1))
 
     def apply(self, cell: Edges, targets: torch.Tensor) -> List[Tuple[str, int, int]]:
         return [(self.primitives[int(k)], f, t) for (_, f, t), k in zip(cell, targets.tolist())]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import executor
 from .config import SearchConfig, describe, to_dict
 from .data import BatchLoader, load_cifar10, split_indices, ArrayDataset
 from .genotype import Family, Genotype, get_family
@@ -103,7 +104,7 @@ class Searcher:
     def update_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
         beta = sample_genotype(self.family, gen)
         self.supernet.train()
-        logits = self.supernet(x, beta)
+        logits = executor.forward(self.supernet, x, beta) if self.cfg.executor else self.supernet(x, beta)
         loss = F.cross_entropy(logits, y)
         self.w_optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -65,9 +65,22 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
 
 def test_malformed_genotype_file(tmp_path, capsys):
     bad = tmp_path / "arch.txt"
-    bad.write_text("Genotype(normal=[('sep_conv_9x9', 0, 2)], normal_concat=[2], reduce=[], reduce_concat=[])")
+    darts, _ = get_named("DARTS")
+    from natfast.genotype import format_genotype
+    bad.write_text(format_genotype(darts).replace("dil_conv_3x3", "sep_conv_9x9"))
     assert main(["draw", "--arch", str(bad), "--out", str(tmp_path / "x.png")]) == 2
     assert "sep_conv_9x9" in capsys.readouterr().err
+
+
+def test_train_from_scratch_and_resume(tmp_path):
+    out = str(tmp_path / "train")
+    common = ["train", "--arch", "NAT_DARTS", "--out", out, "--channels", "8", "--layers", "6",
+              "--batch-size", "32", "--train-limit", "128", "--auxiliary-weight", "0.4", "--no-progress"]
+    assert main(common + ["--epochs", "1"]) == 0
+    assert main(common + ["--epochs", "2", "--resume"]) == 0
+    import json
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [0, 1] and all(0 <= r["test_acc"] <= 1 for r in rows)
 
 
 def test_draw_writes_png(tmp_path):

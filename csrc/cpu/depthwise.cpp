@@ -30,8 +30,8 @@ at::Tensor relu_dwconv_forward(const at::Tensor& x_in, const at::Tensor& weight_
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = weight.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    for_each_plane<scalar_t>(x.size(0) * C, g, 0, 1, [&](int64_t i, scalar_t* P, scalar_t*, scalar_t*) {
-      kernels.relu_dwconv_forward(xp + i * g.H * g.W, wp + (i % C) * kk, yp + i * g.Ho * g.Wo, g, P);
+    for_each_plane<scalar_t>(x.size(0) * C, g, 0, 1, [&](int64_t i, scalar_t** buffers) {
+      kernels.relu_dwconv_forward(xp + i * g.H * g.W, wp + (i % C) * kk, yp + i * g.Ho * g.Wo, g, buffers[0]);
     });
   });
   return y;
@@ -57,9 +57,9 @@ std::tuple<at::Tensor, at::Tensor> relu_dwconv_backward(const at::Tensor& grad_y
     const scalar_t* gyp = grad_y.data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     std::vector<scalar_t> partial(N * C * kk);
-    for_each_plane<scalar_t>(N * C, g, 0, 3, [&](int64_t i, scalar_t* P, scalar_t* G, scalar_t* Q) {
+    for_each_plane<scalar_t>(N * C, g, 0, 2, [&](int64_t i, scalar_t** buffers) {
       kernels.relu_dwconv_backward(gyp + i * g.Ho * g.Wo, xp + i * g.H * g.W, wp + (i % C) * kk,
-                                   gxp + i * g.H * g.W, partial.data() + i * kk, g, P, G, Q);
+                                   gxp + i * g.H * g.W, partial.data() + i * kk, g, buffers[0], buffers[1]);
     });
     scalar_t* gwp = grad_w.data_ptr<scalar_t>();
     for (int64_t j = 0; j < C * kk; ++j) {

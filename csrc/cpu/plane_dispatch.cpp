@@ -1,4 +1,6 @@
 // Plane geometry and the run-time choice of the plane kernels' instruction set.
+#include <torch/library.h>
+
 #include "cpu/cpu_features.h"
 #include "cpu/plane_kernels.h"
 
@@ -41,3 +43,9 @@ const PlaneKernels<double>& plane_kernels<double>() {
 
 }  // namespace cpu
 }  // namespace natfast
+
+TORCH_LIBRARY_FRAGMENT(natfast, m) {
+  // "avx2" or "portable": the instruction set the CPU kernels run with (as natfast._C.cpu_capability(),
+  // but reachable from a development build loaded with torch.ops.load_library too).
+  m.def("cpu_capability() -> str", &natfast::cpu::capability);
+}

@@ -26,29 +26,29 @@ struct PlaneGeometry {
   int64_t Wo_pad;    // Wo rounded up to kMaxVector
   int64_t Hp, rs;    // rows and row stride of a padded buffer (one phase)
   int64_t phase;     // elements of one phase buffer: Hp * rs
-  int64_t scratch;   // elements of one padded buffer: stride * phase
+  int64_t scratch;   // elements of one scratch buffer: stride * phase
 };
 
 PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t k, int64_t stride, int64_t dilation);
 
 // Scratch buffers, one set per thread, each `geometry.scratch` elements:
-//   P: the padded input plane. Its border must hold the pad value (0, or -inf for max pooling)
-//      before the first call; calls only rewrite its interior.
-//   G: the output gradient, padded. Must be zero before the first call; calls only rewrite its
-//      interior (the same region every call with the same geometry).
-//   Q: an accumulation buffer; calls clear it themselves.
+//   P: the padded input plane (`stride` phases). Its border must hold the pad value (0, or -inf
+//      for max pooling) before the first call; calls only rewrite its interior.
+//   G: the padded output gradient (one phase, outputs at (pad, pad)); A: the same for the max
+//      pooling's winner map. Must be zero before the first call; calls only rewrite the outputs'
+//      region, so the border stays zero.
 template <typename T>
 struct PlaneKernels {
   // y (Ho x Wo) = depthwise conv of relu(x) (H x W) with the k x k window w.
   void (*relu_dwconv_forward)(const T* x, const T* w, T* y, const PlaneGeometry& g, T* P);
   // gx (H x W) and this plane's share of the weight gradient, dw (k x k).
   void (*relu_dwconv_backward)(const T* gy, const T* x, const T* w, T* gx, T* dw, const PlaneGeometry& g,
-                               T* P, T* G, T* Q);
+                               T* P, T* G);
   void (*max_pool_forward)(const T* x, T* y, const PlaneGeometry& g, T* P);
-  void (*max_pool_backward)(const T* gy, const T* x, T* gx, const PlaneGeometry& g, T* P, T* G, T* Q);
+  void (*max_pool_backward)(const T* gy, const T* x, T* gx, const PlaneGeometry& g, T* P, T* G, T* A);
   // inv_count: Ho x Wo_pad table of 1 / (number of non-padding window elements), zero in the tail.
   void (*avg_pool_forward)(const T* x, T* y, const T* inv_count, const PlaneGeometry& g, T* P);
-  void (*avg_pool_backward)(const T* gy, T* gx, const T* inv_count, const PlaneGeometry& g, T* G, T* Q);
+  void (*avg_pool_backward)(const T* gy, T* gx, const T* inv_count, const PlaneGeometry& g, T* G);
   // s1 = sum u; s2 = sum u * v (v == nullptr: sum u * u). Accumulated in double.
   void (*sums)(const T* u, const T* v, int64_t n, double* s1, double* s2);
   // out = a u + b v + c (v == nullptr: out = a u + c).

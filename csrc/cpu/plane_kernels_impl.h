@@ -88,7 +88,39 @@ void copy_into(const typename V::Scalar* src, int64_t rows, int64_t cols, typena
       (kRelu ? V::max(V::zero(), e) : e).store(even + c / 2);
       (kRelu ? V::max(V::zero(), o) : o).store(odd + c / 2);
     }
-    for (; c < cols; ++c) (c % 2 ? odd : even)[c / 2] = kRelu ? relu(s[c]) : s[c];
+    // Tails: one loop per phase keeps them branch-free. c is even here.
+    for (int64_t e = c; e < cols; e += 2) even[e / 2] = kRelu ? relu(s[e]) : s[e];
+    for (int64_t o = c + 1; o < cols; o += 2) odd[o / 2] = kRelu ? relu(s[o]) : s[o];
+  }
+}
+
+// Output vectors are computed kGroup at a time: independent accumulator chains hide the FMA latency
+// (one chain per vector would wait on it at every tap).
+constexpr int kGroup = 4;
+
+// Calls body(oy, ox, count) for the vector positions (oy, ox), ox in steps of V::width below cols,
+// in row-major groups of kGroup; positions past the last are repeats of it (count says how many
+// are real), so that the body can run a fixed-size loop.
+template <class V, class Body>
+void for_vector_groups(int64_t rows, int64_t cols, const Body& body) {
+  int64_t oy[kGroup], ox[kGroup];
+  int64_t y = 0, x = 0;
+  while (y < rows) {
+    int count = 0;
+    for (; count < kGroup && y < rows; ++count) {
+      oy[count] = y;
+      ox[count] = x;
+      x += V::width;
+      if (x >= cols) {
+        x = 0;
+        ++y;
+      }
+    }
+    for (int b = count; b < kGroup; ++b) {
+      oy[b] = oy[count - 1];
+      ox[b] = ox[count - 1];
+    }
+    body(oy, ox, count);
   }
 }
 
@@ -101,100 +133,148 @@ void correlate(const typename V::Scalar* src, const PlaneGeometry& g, int64_t st
   using T = typename V::Scalar;
   V wv[kMaxTaps];
   for (int64_t t = 0; t < taps.n; ++t) wv[t] = V::set1(w[t]);
-  for (int64_t oy = 0; oy < rows; ++oy) {
-    const T* row = src + oy * stride * g.rs;
-    for (int64_t ox = 0; ox < cols; ox += V::width) {
-      V acc = V::zero();
-      for (int64_t t = 0; t < taps.n; ++t) acc = V::fmadd(wv[t], V::load(row + taps.off[t] + ox), acc);
-      if (scale != nullptr) acc = V::mul(acc, V::load(scale + oy * g.Wo_pad + ox));
-      const int64_t n = cols - ox;
+  for_vector_groups<V>(rows, cols, [&](const int64_t* oy, const int64_t* ox, int count) {
+    const T* at[kGroup];
+    V acc[kGroup];
+    for (int b = 0; b < kGroup; ++b) {
+      at[b] = src + oy[b] * stride * g.rs + ox[b];
+      acc[b] = V::zero();
+    }
+    for (int64_t t = 0; t < taps.n; ++t) {
+      for (int b = 0; b < kGroup; ++b) acc[b] = V::fmadd(wv[t], V::load(at[b] + taps.off[t]), acc[b]);
+    }
+    for (int b = 0; b < count; ++b) {
+      V v = acc[b];
+      if (scale != nullptr) v = V::mul(v, V::load(scale + oy[b] * g.Wo_pad + ox[b]));
+      const int64_t n = cols - ox[b];
       if (mask_x != nullptr) {
-        const T* m = mask_x + oy * cols + ox;
+        const T* m = mask_x + oy[b] * cols + ox[b];
         if (n >= V::width) {
-          acc = V::masked(V::gt(V::load(m), V::zero()), acc);
+          v = V::masked(V::gt(V::load(m), V::zero()), v);
         } else {
           T tmp[V::width] = {};
           std::memcpy(tmp, m, n * sizeof(T));
-          acc = V::masked(V::gt(V::load(tmp), V::zero()), acc);
+          v = V::masked(V::gt(V::load(tmp), V::zero()), v);
         }
       }
-      store_part(acc, dst + oy * cols + ox, n);
+      store_part(v, dst + oy[b] * cols + ox[b], n);
     }
-  }
+  });
 }
 
-// Q at each tap of each output's window += w[t] * G (G: Ho rows of stride rs, zero past Wo).
-template <class V>
-void scatter(const typename V::Scalar* G, const PlaneGeometry& g, const Taps& taps, const typename V::Scalar* w,
-             typename V::Scalar* Q) {
-  using T = typename V::Scalar;
-  V wv[kMaxTaps];
-  for (int64_t t = 0; t < taps.n; ++t) wv[t] = V::set1(w[t]);
-  for (int64_t oy = 0; oy < g.Ho; ++oy) {
-    T* base = Q + oy * g.stride * g.rs;
-    for (int64_t ox = 0; ox < g.Wo_pad; ox += V::width) {
-      const V gv = V::load(G + oy * g.rs + ox);
-      for (int64_t t = 0; t < taps.n; ++t) {
-        T* q = base + taps.off[t] + ox;
-        V::fmadd(wv[t], gv, V::load(q)).store(q);
-      }
-    }
-  }
-}
-
-// gx (H x W) = the interior of the padded, phase-split Q, masked to where mask_x > 0 if given.
-template <class V>
-void extract(const typename V::Scalar* Q, const PlaneGeometry& g, const typename V::Scalar* mask_x,
-             typename V::Scalar* gx) {
-  using T = typename V::Scalar;
-  const int64_t p = g.pad;
-  for (int64_t r = 0; r < g.H; ++r) {
-    const T* q = Q + (r + p) * g.rs;
-    const T* m = mask_x == nullptr ? nullptr : mask_x + r * g.W;
-    T* d = gx + r * g.W;
-    if (g.stride == 1) {
-      int64_t c = 0;
-      for (; c + V::width <= g.W; c += V::width) {
-        V v = V::load(q + p + c);
-        if (m != nullptr) v = V::masked(V::gt(V::load(m + c), V::zero()), v);
-        v.store(d + c);
-      }
-      for (; c < g.W; ++c) d[c] = m == nullptr ? q[p + c] : relu_mask(m[c], q[p + c]);
-      continue;
-    }
-    // Two phases (see copy_into): even columns from one phase, odd ones from the other.
-    const T* even = q + (p % 2) * g.phase + p / 2;
-    const T* odd = q + (1 - p % 2) * g.phase + (p + 1) / 2;
-    int64_t c = 0;
-    for (; c + 2 * V::width <= g.W; c += 2 * V::width) {
-      V a, b;
-      V::interleave(V::load(even + c / 2), V::load(odd + c / 2), &a, &b);
-      if (m != nullptr) {
-        a = V::masked(V::gt(V::load(m + c), V::zero()), a);
-        b = V::masked(V::gt(V::load(m + c + V::width), V::zero()), b);
-      }
-      a.store(d + c);
-      b.store(d + c + V::width);
-    }
-    for (; c < g.W; ++c) {
-      const T v = (c % 2 ? odd : even)[c / 2];
-      d[c] = m == nullptr ? v : relu_mask(m[c], v);
-    }
-  }
-}
-
-// dw[t] = sum over outputs of G * P at tap t (G: Ho rows of stride rs, zero past Wo).
+// dw[t] = sum over outputs of G * P at tap t (G: Ho rows of stride rs, zero past Wo). One
+// accumulator per tap: independent chains.
 template <class V>
 void weight_grad(const typename V::Scalar* P, const typename V::Scalar* G, const PlaneGeometry& g, const Taps& taps,
                  typename V::Scalar* dw) {
-  for (int64_t t = 0; t < taps.n; ++t) {
-    V acc = V::zero();
-    for (int64_t oy = 0; oy < g.Ho; ++oy) {
-      const typename V::Scalar* prow = P + oy * g.stride * g.rs + taps.off[t];
-      const typename V::Scalar* grow = G + oy * g.rs;
-      for (int64_t ox = 0; ox < g.Wo_pad; ox += V::width) acc = V::fmadd(V::load(grow + ox), V::load(prow + ox), acc);
+  V acc[kMaxTaps];
+  for (int64_t t = 0; t < taps.n; ++t) acc[t] = V::zero();
+  for (int64_t oy = 0; oy < g.Ho; ++oy) {
+    const typename V::Scalar* prow = P + oy * g.stride * g.rs;
+    const typename V::Scalar* grow = G + oy * g.rs;
+    for (int64_t ox = 0; ox < g.Wo_pad; ox += V::width) {
+      const V gv = V::load(grow + ox);
+      for (int64_t t = 0; t < taps.n; ++t) acc[t] = V::fmadd(gv, V::load(prow + taps.off[t] + ox), acc[t]);
     }
-    dw[t] = V::hsum(acc);
+  }
+  for (int64_t t = 0; t < taps.n; ++t) dw[t] = V::hsum(acc[t]);
+}
+
+// The maximum of each window of P (outputs oy, ox .. ox + width).
+template <class V>
+V window_max(const typename V::Scalar* row, const Taps& taps, int64_t ox) {
+  V m = V::set1(typename V::Scalar(-__builtin_inf()));
+  for (int64_t t = 0; t < taps.n; ++t) m = V::max(V::load(row + taps.off[t] + ox), m);
+  return m;
+}
+
+// Stride-2 transposed window sum, as a gather: gx[iy][ix] = the sum over the outputs (oy, ox) and taps
+// t with 2 oy + ky d = iy + p and 2 ox + kx d = ix + p of w[t] G[oy][ox] or, given a winner map A,
+// of G[oy][ox] where A[oy][ox] == t + 1. Which taps reach a pixel depends only on the parities of
+// its row and column, and within one parity class the reads are contiguous: even and odd columns
+// are summed as two vectors and interleaved. G and A: padded like P (one phase), origin (p, p),
+// zero outside the outputs. Optionally masked to where mask_x > 0.
+template <class V>
+void gather_stride2(const typename V::Scalar* G, const typename V::Scalar* A, const typename V::Scalar* w,
+                    const PlaneGeometry& g, const typename V::Scalar* mask_x, typename V::Scalar* gx) {
+  using T = typename V::Scalar;
+  struct TapList {
+    int64_t n;
+    int64_t off[kMaxTaps];  // relative to the G element of output (floor((iy + p) / 2), m)
+    V weight[kMaxTaps];
+    V id[kMaxTaps];         // t + 1, to compare with A
+  };
+  const int64_t p = g.pad, d = g.dilation;
+  TapList lists[2][2];      // [parity of iy + p][parity of ix]
+  for (int64_t rp = 0; rp < 2; ++rp) {
+    for (int64_t par = 0; par < 2; ++par) {
+      TapList& list = lists[rp][par];
+      list.n = 0;
+      for (int64_t ky = 0; ky < g.k; ++ky) {
+        if ((ky * d) % 2 != rp) continue;
+        for (int64_t kx = 0; kx < g.k; ++kx) {
+          if ((kx * d) % 2 != (p + par) % 2) continue;
+          list.off[list.n] = -((ky * d - rp) / 2) * g.rs + (par + p - kx * d) / 2;
+          list.weight[list.n] = V::set1(w == nullptr ? T(1) : w[ky * g.k + kx]);
+          list.id[list.n] = V::set1(T(ky * g.k + kx + 1));
+          ++list.n;
+        }
+      }
+    }
+  }
+  const int64_t origin = p * g.rs + p;
+  auto sum = [&](const TapList& list, int64_t at) {
+    V acc = V::zero();
+    for (int64_t i = 0; i < list.n; ++i) {
+      const V gv = V::load(G + at + list.off[i]);
+      acc = A == nullptr ? V::fmadd(list.weight[i], gv, acc)
+                         : V::add(acc, V::masked(V::eq(V::load(A + at + list.off[i]), list.id[i]), gv));
+    }
+    return acc;
+  };
+  for (int64_t iy = 0; iy < g.H; ++iy) {
+    const int64_t r = iy + p, rp = r & 1;
+    const int64_t row = origin + (r - rp) / 2 * g.rs;
+    const T* m = mask_x == nullptr ? nullptr : mask_x + iy * g.W;
+    T* dst_row = gx + iy * g.W;
+    for (int64_t c = 0; c < g.W; c += 2 * V::width) {
+      V a, b;
+      V::interleave(sum(lists[rp][0], row + c / 2), sum(lists[rp][1], row + c / 2), &a, &b);
+      // Whole-vector stores into gx; the row's last part goes through a small buffer.
+      const int64_t n = g.W - c;
+      T part[2 * V::width];
+      T* dst = n >= 2 * V::width ? dst_row + c : part;
+      if (m != nullptr) {
+        const T* mc = m + c;
+        T mask[2 * V::width] = {};
+        if (n < 2 * V::width) {
+          std::memcpy(mask, mc, n * sizeof(T));
+          mc = mask;
+        }
+        a = V::masked(V::gt(V::load(mc), V::zero()), a);
+        b = V::masked(V::gt(V::load(mc + V::width), V::zero()), b);
+      }
+      a.store(dst);
+      b.store(dst + V::width);
+      if (dst == part) std::memcpy(dst_row + c, part, n * sizeof(T));
+    }
+  }
+}
+
+// A (padded like G, origin (p, p)) = 1 + the tap of the first maximum, in row-major order, of
+// each output's window of P; the border is left as it is (zero: matches no tap).
+template <class V>
+void winner_map(const typename V::Scalar* P, const PlaneGeometry& g, const Taps& taps, typename V::Scalar* A) {
+  using T = typename V::Scalar;
+  for (int64_t oy = 0; oy < g.Ho; ++oy) {
+    const T* row = P + oy * g.stride * g.rs;
+    for (int64_t ox = 0; ox < g.Wo; ox += V::width) {
+      const V m = window_max<V>(row, taps, ox);
+      V first = V::zero();
+      for (int64_t t = taps.n - 1; t >= 0; --t)
+        first = V::select(V::eq(V::load(row + taps.off[t] + ox), m), V::set1(T(t + 1)), first);
+      store_part(first, A + (g.pad + oy) * g.rs + g.pad + ox, g.Wo - ox);
+    }
   }
 }
 
@@ -208,72 +288,61 @@ void relu_dwconv_forward(const typename V::Scalar* x, const typename V::Scalar* 
 template <class V>
 void relu_dwconv_backward(const typename V::Scalar* gy, const typename V::Scalar* x, const typename V::Scalar* w,
                           typename V::Scalar* gx, typename V::Scalar* dw, const PlaneGeometry& g,
-                          typename V::Scalar* P, typename V::Scalar* G, typename V::Scalar* Q) {
+                          typename V::Scalar* P, typename V::Scalar* G) {
   using T = typename V::Scalar;
   const int64_t p = g.pad;
   copy_into<V, true>(x, g.H, g.W, P, p, p, g.stride, g);
+  copy_into<V, false>(gy, g.Ho, g.Wo, G, p, p, 1, g);
   const Taps taps = window_taps(g, g.stride);
-  if (g.stride == 1) {
-    // Input gradient as a gather: the forward correlation of the padded gy with the flipped window.
-    copy_into<V, false>(gy, g.Ho, g.Wo, G, p, p, 1, g);
-    weight_grad<V>(P, G + p * g.rs + p, g, taps, dw);
-    T flipped[kMaxTaps];
-    for (int64_t t = 0; t < taps.n; ++t) flipped[t] = w[taps.n - 1 - t];
-    correlate<V>(G, g, 1, taps, flipped, g.H, g.W, nullptr, x, gx);
+  weight_grad<V>(P, G + p * g.rs + p, g, taps, dw);
+  if (g.stride == 2) {
+    gather_stride2<V>(G, nullptr, w, g, x, gx);
     return;
   }
-  // Stride 2: scatter each output's gradient onto its window, then read the interior back.
-  copy_into<V, false>(gy, g.Ho, g.Wo, G, 0, 0, 1, g);
-  weight_grad<V>(P, G, g, taps, dw);
-  std::memset(Q, 0, g.scratch * sizeof(T));
-  scatter<V>(G, g, taps, w, Q);
-  extract<V>(Q, g, x, gx);
+  // Stride 1: the forward correlation of the padded gy with the flipped window.
+  T flipped[kMaxTaps];
+  for (int64_t t = 0; t < taps.n; ++t) flipped[t] = w[taps.n - 1 - t];
+  correlate<V>(G, g, 1, taps, flipped, g.H, g.W, nullptr, x, gx);
 }
 
 template <class V>
 void max_pool_forward(const typename V::Scalar* x, typename V::Scalar* y, const PlaneGeometry& g,
                       typename V::Scalar* P) {
-  using T = typename V::Scalar;
   copy_into<V, false>(x, g.H, g.W, P, g.pad, g.pad, g.stride, g);
   const Taps taps = window_taps(g, g.stride);
-  const V lowest = V::set1(T(-__builtin_inf()));
   for (int64_t oy = 0; oy < g.Ho; ++oy) {
-    const T* row = P + oy * g.stride * g.rs;
-    for (int64_t ox = 0; ox < g.Wo; ox += V::width) {
-      V m = lowest;
-      for (int64_t t = 0; t < taps.n; ++t) m = V::max(V::load(row + taps.off[t] + ox), m);
-      store_part(m, y + oy * g.Wo + ox, g.Wo - ox);
-    }
+    const typename V::Scalar* row = P + oy * g.stride * g.rs;
+    for (int64_t ox = 0; ox < g.Wo; ox += V::width) store_part(window_max<V>(row, taps, ox), y + oy * g.Wo + ox, g.Wo - ox);
   }
 }
 
 // The gradient goes to the first maximum of each window in row-major order, as in PyTorch.
 template <class V>
 void max_pool_backward(const typename V::Scalar* gy, const typename V::Scalar* x, typename V::Scalar* gx,
-                       const PlaneGeometry& g, typename V::Scalar* P, typename V::Scalar* G, typename V::Scalar* Q) {
+                       const PlaneGeometry& g, typename V::Scalar* P, typename V::Scalar* G, typename V::Scalar* A) {
   using T = typename V::Scalar;
   copy_into<V, false>(x, g.H, g.W, P, g.pad, g.pad, g.stride, g);
-  copy_into<V, false>(gy, g.Ho, g.Wo, G, 0, 0, 1, g);
-  std::memset(Q, 0, g.scratch * sizeof(T));
-  const Taps taps = window_taps(g, g.stride);
-  const V lowest = V::set1(T(-__builtin_inf()));
-  for (int64_t oy = 0; oy < g.Ho; ++oy) {
-    const T* row = P + oy * g.stride * g.rs;
-    T* base = Q + oy * g.stride * g.rs;
-    for (int64_t ox = 0; ox < g.Wo_pad; ox += V::width) {
-      V m = lowest;
-      for (int64_t t = 0; t < taps.n; ++t) m = V::max(V::load(row + taps.off[t] + ox), m);
-      const V gv = V::load(G + oy * g.rs + ox);
-      typename V::Mask taken = V::none();
+  copy_into<V, false>(gy, g.Ho, g.Wo, G, g.pad, g.pad, 1, g);
+  winner_map<V>(P, g, window_taps(g, g.stride), A);
+  if (g.stride == 2) {
+    gather_stride2<V>(G, A, nullptr, g, nullptr, gx);
+    return;
+  }
+  // Stride 1: an input pixel collects the gradient of every window whose winner it is; seen from
+  // the input, window tap t is flipped tap n - 1 - t.
+  const Taps taps = window_taps(g, 1);
+  for (int64_t iy = 0; iy < g.H; ++iy) {
+    const T* a = A + iy * g.rs;
+    const T* gr = G + iy * g.rs;
+    for (int64_t ix = 0; ix < g.W; ix += V::width) {
+      V acc = V::zero();
       for (int64_t t = 0; t < taps.n; ++t) {
-        const typename V::Mask hit = V::and_not(taken, V::eq(V::load(row + taps.off[t] + ox), m));
-        taken = V::mask_or(taken, hit);
-        T* q = base + taps.off[t] + ox;
-        V::add(V::load(q), V::masked(hit, gv)).store(q);
+        const typename V::Mask won = V::eq(V::load(a + taps.off[t] + ix), V::set1(T(taps.n - t)));
+        acc = V::add(acc, V::masked(won, V::load(gr + taps.off[t] + ix)));
       }
+      store_part(acc, gx + iy * g.W + ix, g.W - ix);
     }
   }
-  extract<V>(Q, g, nullptr, gx);
 }
 
 template <class V>
@@ -288,24 +357,23 @@ void avg_pool_forward(const typename V::Scalar* x, typename V::Scalar* y, const 
 
 template <class V>
 void avg_pool_backward(const typename V::Scalar* gy, typename V::Scalar* gx, const typename V::Scalar* inv_count,
-                       const PlaneGeometry& g, typename V::Scalar* G, typename V::Scalar* Q) {
+                       const PlaneGeometry& g, typename V::Scalar* G) {
   using T = typename V::Scalar;
-  const int64_t origin = g.stride == 1 ? g.pad * g.rs + g.pad : 0;
   for (int64_t oy = 0; oy < g.Ho; ++oy) {
     const T* s = gy + oy * g.Wo;
     const T* inv = inv_count + oy * g.Wo_pad;
-    T* d = G + origin + oy * g.rs;
-    for (int64_t ox = 0; ox < g.Wo; ++ox) d[ox] = s[ox] * inv[ox];
+    T* d = G + (g.pad + oy) * g.rs + g.pad;
+    int64_t ox = 0;
+    for (; ox + V::width <= g.Wo; ox += V::width) V::mul(V::load(s + ox), V::load(inv + ox)).store(d + ox);
+    for (; ox < g.Wo; ++ox) d[ox] = s[ox] * inv[ox];
+  }
+  if (g.stride == 2) {
+    gather_stride2<V>(G, nullptr, nullptr, g, nullptr, gx);
+    return;
   }
   T ones[kMaxTaps];
   for (T& one : ones) one = T(1);
-  if (g.stride == 1) {
-    correlate<V>(G, g, 1, window_taps(g, 1), ones, g.H, g.W, nullptr, nullptr, gx);
-    return;
-  }
-  std::memset(Q, 0, g.scratch * sizeof(T));
-  scatter<V>(G, g, window_taps(g, g.stride), ones, Q);
-  extract<V>(Q, g, nullptr, gx);
+  correlate<V>(G, g, 1, window_taps(g, 1), ones, g.H, g.W, nullptr, nullptr, gx);
 }
 
 template <class V>

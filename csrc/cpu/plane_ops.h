@@ -27,19 +27,28 @@ inline void check_window(int64_t k, int64_t stride, int64_t dilation, const char
   TORCH_CHECK(dilation >= 1, op, ": dilation must be positive, got ", dilation);
 }
 
-// Calls fn(plane, P, G, Q) for plane in [0, planes) across ATen's threads. Each thread owns
-// `buffers` scratch buffers (plane_kernels.h): P filled with p_fill, G and Q with zeros.
+// Threads split planes of `plane` elements in chunks of at least about 32K elements: below that,
+// starting threads costs more than it saves.
+inline int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, plane)); }
+
+// Calls fn(i) for every plane i in [0, planes) across ATen's threads.
+template <typename Fn>
+void for_each_plane_of(int64_t planes, int64_t plane, const Fn& fn) {
+  at::parallel_for(0, planes, plane_grain(plane), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  });
+}
+
+// Calls fn(i, buffers) for every plane i in [0, planes) across ATen's threads. Each thread owns
+// `count` (<= 4) scratch buffers (plane_kernels.h): the first filled with p_fill, the others zero.
 template <typename T, typename Fn>
-void for_each_plane(int64_t planes, const PlaneGeometry& g, T p_fill, int buffers, const Fn& fn) {
-  // Below about 32K elements per thread, starting threads costs more than it saves.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.H * g.W));
-  at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(buffers * g.scratch, T(0));
+void for_each_plane(int64_t planes, const PlaneGeometry& g, T p_fill, int count, const Fn& fn) {
+  at::parallel_for(0, planes, plane_grain(g.H * g.W), [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(count * g.scratch, T(0));
     std::fill(scratch.begin(), scratch.begin() + g.scratch, p_fill);
-    T* P = scratch.data();
-    T* G = buffers > 1 ? P + g.scratch : nullptr;
-    T* Q = buffers > 2 ? P + 2 * g.scratch : nullptr;
-    for (int64_t plane = begin; plane < end; ++plane) fn(plane, P, G, Q);
+    T* buffers[4] = {nullptr, nullptr, nullptr, nullptr};
+    for (int i = 0; i < count; ++i) buffers[i] = scratch.data() + i * g.scratch;
+    for (int64_t i = begin; i < end; ++i) fn(i, buffers);
   });
 }
 

@@ -33,6 +33,7 @@ struct VecScalar {
   static Mask and_not(Mask a, Mask b) { return !a && b; }  // b and not a
   static Mask mask_or(Mask a, Mask b) { return a || b; }
   static VecScalar masked(Mask m, VecScalar a) { return {m ? a.v : T(0)}; }
+  static VecScalar select(Mask m, VecScalar a, VecScalar b) { return {m ? a.v : b.v}; }
   static T hsum(VecScalar a) { return a.v; }
   // 2 * width consecutive values (a, b) <-> their even- and odd-indexed halves.
   static void deinterleave(VecScalar a, VecScalar b, VecScalar* even, VecScalar* odd) {
@@ -65,6 +66,7 @@ struct VecAvx2f {
   static Mask and_not(Mask a, Mask b) { return _mm256_andnot_ps(a, b); }
   static Mask mask_or(Mask a, Mask b) { return _mm256_or_ps(a, b); }
   static VecAvx2f masked(Mask m, VecAvx2f a) { return {_mm256_and_ps(m, a.v)}; }
+  static VecAvx2f select(Mask m, VecAvx2f a, VecAvx2f b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
   static float hsum(VecAvx2f a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

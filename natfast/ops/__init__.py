@@ -8,11 +8,14 @@ from . import dispatch
 from .depthwise import relu_dwconv
 from .gcn import gcn_policy_logits
 from .layers import OPERATIONS, make_op
+from .mixed import routed_mixed_op
 from .norm import group_batch_norm
 from .pointwise import conv1x1
+from .policy_sample import masked_sample
 from .pool import pool2d
 
-__all__ = ["dispatch", "relu_dwconv", "gcn_policy_logits", "conv1x1", "group_batch_norm", "pool2d", "make_op", "OPERATIONS"]
+__all__ = ["dispatch", "relu_dwconv", "gcn_policy_logits", "conv1x1", "group_batch_norm", "pool2d",
+           "routed_mixed_op", "masked_sample", "make_op", "OPERATIONS"]
 
 from .backends import load_all as _load_backends
 

@@ -4,9 +4,10 @@ Every hot operation (`relu_dwconv`, `pool2d`, `group_batch_norm`, `gcn_layer`, .
 reference implementation registered under the backend name "reference". Fast backends
 (C++ CPU kernels, Triton, CUDA C++) register themselves for the device types they serve.
 `resolve(op, tensor)` picks, in order: a per-op override, the forced global backend, then
-the first registered backend of the device's preference list whose `supports` accepts the
-call. Forcing "reference" (env `NATFAST_BACKEND=reference`, or `use_backend("reference")`)
-makes any result cross-checkable against plain PyTorch.
+the first registered backend whose `supports` accepts the call, in the order of the measured
+table (dispatch_table.py) or else the device's default preference list. Forcing "reference"
+(env `NATFAST_BACKEND=reference`, or `use_backend("reference")`) makes any result
+cross-checkable against plain PyTorch.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
-# Preference order per device type; the measured choice lives here (see bench/RESULTS.md).
+from . import dispatch_table
+
+# Default order per device type; measured per-shape choices live in dispatch_table.py.
 DEFAULT_PREFERENCE: Dict[str, List[str]] = {
     "cpu": ["cpu", "reference"],
     "cuda": ["cuda", "triton", "reference"],
@@ -90,11 +93,11 @@ def resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
         impl = impls.get(wanted)
         if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
             return wanted, impl.fn
-        if wanted != "reference" and wanted in per_op.values():
-            raise RuntimeError(f"backend {wanted!r} cannot run {op} for these inputs")
-        # A forced backend that lacks this op falls back to the reference, never to another fast path.
+        # A forced backend that lacks this op (or these inputs) falls back to the reference,
+        # never to another fast path.
         return "reference", impls["reference"].fn
-    for name in DEFAULT_PREFERENCE.get(device_type, ["reference"]):
+    order = dispatch_table.preference(op, device_type, *args, **kwargs) or DEFAULT_PREFERENCE.get(device_type, ["reference"])
+    for name in order:
         impl = impls.get(name)
         if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
             return name, impl.fn

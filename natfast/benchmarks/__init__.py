@@ -1,0 +1,35 @@
+"""`natfast bench steps|ops|derive`: each returns one JSON-able dict (medians in milliseconds),
+the baseline always measured in the same run on the same inputs."""
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from typing import Callable, Dict, List
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def run(what: str, argv: List[str]) -> Dict:
+    module = importlib.import_module(f"{__name__}.{what}")
+    return module.main(argv)
+
+
+def format_result(what: str, result: Dict) -> str:
+    lines = [f"natfast bench {what}"]
+    for key, value in result.items():
+        if isinstance(value, dict):
+            lines.append(f"  {key}:")
+            lines += [f"    {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Derive benchmark: score K candidate transformations and the input architecture on the same
+validation samples, batched (multi-architecture, prefix-shared, inference mode) vs one
+architecture at a time with autograd recording (the authors' way) and under inference mode."""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, List
+
+import torch
+
+from ..data import BatchLoader, load_cifar10
+from ..derive import check_input, load_search, score_architectures
+from ..genotype import get_family, get_named
+from ..policy import GCNPolicy
+from ..search import pick_device
+from ..supernet import Supernet
+from . import median_ms
+
+
+def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
+    scores = []
+    for arch in archs:
+        correct = total = 0
+        for x, y in batches:
+            if inference:
+                with torch.inference_mode():
+                    logits = supernet(x, arch)
+            else:
+                logits = supernet(x, arch)
+            correct += (logits.argmax(1) == y).sum().item()
+            total += len(y)
+        scores.append(correct / total)
+    return scores
+
+
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench derive")
+    p.add_argument("--candidates", type=int, default=10)
+    p.add_argument("--arch", default="DARTS")
+    p.add_argument("--batches", type=int, default=4, help="validation batches scored")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--channels", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", help="score with a trained search's supernet and policy (a trained "
+                   "policy repeats itself, which batched scoring computes once); default: untrained")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    beta, family = get_named(args.arch)
+    if args.checkpoint:
+        trained = load_search(args.checkpoint, args.device)
+        supernet, policy = trained.supernet, trained.policy
+        beta = check_input(beta, trained.family)
+        args.layers, args.channels = trained.config.layers, trained.config.channels
+    else:
+        family = get_family(family.name)
+        supernet = Supernet(family, args.channels, args.layers).to(device)
+        policy = GCNPolicy(family.primitives).to(device)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        samples = policy.sample([beta.normal, beta.reduce], gen, args.candidates)
+    archs = [beta] + [policy.to_genotype(beta, s.targets) for s in samples]
+    loader = BatchLoader(load_cifar10(None, "train"), None, args.batch_size, shuffle=False)
+    batches = []
+    for i, (x, y) in enumerate(loader.epoch(0)):
+        if i == args.batches:
+            break
+        batches.append((x.to(device), y.to(device)))
+    batched_loader = _ListLoader(batches)
+    result: Dict = {"device": str(device), "threads": torch.get_num_threads(), "candidates": args.candidates,
+                    "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
+                    "layers": args.layers, "channels": args.channels}
+    result["derive_ms"] = median_ms(lambda: score_architectures(supernet, archs, batched_loader), args.repeats)
+    result["sequential_derive_ms"] = median_ms(lambda: sequential_scores(supernet, archs, batches, False), args.repeats)
+    result["sequential_inference_derive_ms"] = median_ms(lambda: sequential_scores(supernet, archs, batches, True), args.repeats)
+    result["speedup_vs_sequential"] = round(result["sequential_derive_ms"] / result["derive_ms"], 2)
+    result["speedup_vs_sequential_inference"] = round(result["sequential_inference_derive_ms"] / result["derive_ms"], 2)
+    # Same answers: the batched scores equal the sequential ones.
+    batched = score_architectures(supernet, archs, batched_loader)
+    sequential = sequential_scores(supernet, archs, batches, True)
+    result["max_score_difference"] = max(abs(a - b) for a, b in zip(batched, sequential))
+    return result
+
+
+class _ListLoader:
+    """A fixed list of batches with the BatchLoader interface score_architectures uses."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def epoch(self, epoch: int):
+        return iter(self.batches)

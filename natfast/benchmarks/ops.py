@@ -1,0 +1,178 @@
+"""Op benchmark (`natfast bench ops`): forward+backward time of each hot operation and of the supernet's
+op modules at the search shapes, fast path (dispatch "auto") vs the reference path, measured in the
+same run on the same inputs, with the achieved GFLOP/s against this machine's sgemm rate (also
+measured in this run).
+
+Shapes: batch 64; stride-1 ops at C = 20/40/80 with H = W = 32/16/8 (the three stages); stride-2
+ops at the reduction cells' inputs, C = 40 at 32 x 32 and C = 80 at 16 x 16.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import _ext
+from ..ops import dispatch
+from ..ops.backends import STATUS
+from ..ops.depthwise import relu_dwconv
+from ..ops.fused import pool_bn
+from ..ops.layers import make_op
+from ..ops.norm import group_batch_norm
+from ..ops.pool import pool2d
+from . import median_ms
+
+STAGES = ((20, 32), (40, 16), (80, 8))        # (C, H) of the normal cells
+REDUCTIONS = ((40, 32), (80, 16))             # (C, H) of the stride-2 edges' inputs
+DWCONV = {"sep3": (3, 1), "sep5": (5, 1), "dil3": (3, 2), "dil5": (5, 2)}   # name: (kernel, dilation)
+MODULES = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3")
+
+
+def sgemm_gflops(repeats: int, n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ms = median_ms(lambda: torch.mm(a, b), repeats, warmup=2)
+    return round(2 * n ** 3 / ms / 1e6, 1)
+
+
+def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """One forward+backward of fn on inputs (all requiring grad; a module's parameters too), with a
+    fixed upstream gradient."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    leaves_and_params = leaves + (list(fn.parameters()) if isinstance(fn, torch.nn.Module) else [])
+    grad = torch.randn_like(fn(*leaves))
+
+    def step() -> None:
+        for t in leaves_and_params:
+            t.grad = None
+        fn(*leaves).backward(grad)
+    return step
+
+
+def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float, fused_op: Optional[str] = None) -> Dict:
+    """fast (auto) vs reference median of the same step, and the fast path's GFLOP/s. For a fused
+    op, also the fast path with that op unfused (its reference: the fast unfused ops in sequence)."""
+    with dispatch.use_backend("auto"):
+        fast = median_ms(step, repeats, warmup=2)
+    with dispatch.use_backend("reference"):
+        ref = median_ms(step, repeats, warmup=2)
+    gflops = flops / fast / 1e6
+    row = {"fast_ms": fast, "reference_ms": ref, "speedup": round(ref / fast, 2),
+           "fast_gflops": round(gflops, 2), "reference_gflops": round(flops / ref / 1e6, 2),
+           "fast_fraction_of_sgemm": round(gflops / sgemm, 4)}
+    if fused_op is not None:
+        with dispatch.use_backend("auto", **{fused_op: "reference"}):
+            row["unfused_fast_ms"] = median_ms(step, repeats, warmup=2)
+        row["fusion_speedup"] = round(row["unfused_fast_ms"] / fast, 2)
+    return row
+
+
+def _dwconv_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    cases = []
+    for stride, shapes in ((1, STAGES), (2, REDUCTIONS)):
+        for c, h in shapes:
+            for name, (k, d) in DWCONV.items():
+                x, w = torch.randn(batch, c, h, h), torch.randn(c, 1, k, k)
+                ho = (h - 1) // stride + 1
+                flops = 3 * 2 * batch * c * ho * ho * k * k   # forward, input grad, weight grad
+                cases.append((f"relu_dwconv {name} s{stride} C{c} H{h}",
+                              lambda a, b, s=stride, dd=d: relu_dwconv(a, b, s, dd), [x, w], flops))
+    return cases
+
+
+def _pool_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    cases = []
+    for stride, shapes in ((1, STAGES), (2, REDUCTIONS)):
+        for c, h in shapes:
+            for kind in ("max", "avg"):
+                ho = (h - 1) // stride + 1
+                flops = 2 * batch * c * ho * ho * 9           # one op per window element, each way
+                cases.append((f"pool2d {kind}3 s{stride} C{c} H{h}",
+                              lambda a, k=kind, s=stride: pool2d(a, k, 3, s), [torch.randn(batch, c, h, h)], flops))
+    return cases
+
+
+def _norm_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    cases = []
+    for c, h in STAGES:
+        for groups in (None, (batch // 2, batch - batch // 2)):
+            label = "1 group" if groups is None else f"{len(groups)} groups"
+            flops = 9 * batch * c * h * h                    # ~4 per element forward, ~5 backward
+            cases.append((f"group_batch_norm {label} C{c} H{h}",
+                          lambda a, g=groups: group_batch_norm(a, g), [torch.randn(batch, c, h, h)], flops))
+    return cases
+
+
+def _pool_bn_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    cases = []
+    for stride, shapes in ((1, STAGES), (2, REDUCTIONS)):
+        for c, h in shapes:
+            for kind in ("max", "avg"):
+                ho = (h - 1) // stride + 1
+                flops = 2 * batch * c * ho * ho * 9 + 9 * batch * c * ho * ho
+                cases.append((f"pool_bn {kind}3 s{stride} C{c} H{h}",
+                              lambda a, k=kind, s=stride: pool_bn(a, k, 3, s, None), [torch.randn(batch, c, h, h)], flops))
+    return cases
+
+
+def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    """The supernet's op modules (BN affine=False with batch statistics; pooling followed by BN)."""
+    cases = []
+    for stride, shapes in ((1, STAGES), (2, REDUCTIONS)):
+        for c, h in shapes:
+            for name in MODULES:
+                torch.manual_seed(0)
+                module = make_op(name, c, stride, affine=False, pool_bn=True, track=False)
+                ho = (h - 1) // stride + 1
+                k = int(name[-1])
+                if name.startswith("sep"):       # two (depthwise + pointwise) pairs, 3 passes each
+                    flops = 3 * 2 * 2 * batch * c * ho * ho * (k * k + c)
+                elif name.startswith("dil"):
+                    flops = 3 * 2 * batch * c * ho * ho * (k * k + c)
+                else:
+                    flops = 2 * batch * c * ho * ho * 9
+                cases.append((f"{name} s{stride} C{c} H{h}", module, [torch.randn(batch, c, h, h)], flops))
+    return cases
+
+
+GROUPS = {"relu_dwconv": _dwconv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
+          "pool_bn": _pool_bn_cases, "modules": _module_cases}
+FUSED = {"pool_bn": "pool_bn"}   # group: the fused dispatch op it times
+
+
+def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups: Optional[Sequence[str]] = None,
+              threads: Optional[int] = None) -> Dict:
+    """Time every case of the named groups (default: all of GROUPS). json_out=False also prints one
+    line per case to stderr as it goes; the returned dict is JSON-able either way."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    why = _ext.load()[1]
+    capability = torch.ops.natfast.cpu_capability() if _ext.has_op("cpu_capability") else "no CPU kernels"
+    sgemm = sgemm_gflops(repeats)
+    result: Dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "extension": why, "cpu_backend": STATUS.get("cpu", "not loaded"),
+                    "cpu_capability": capability, "batch": batch, "repeats": repeats, "sgemm_gflops": sgemm}
+    for group in groups or GROUPS:
+        table: Dict[str, Dict] = {}
+        for name, fn, inputs, flops in GROUPS[group](batch):
+            table[name] = _compare(_fwd_bwd(fn, inputs), repeats, flops, sgemm, FUSED.get(group))
+            if not json_out:
+                row = table[name]
+                print(f"{name:40s} fast {row['fast_ms']:8.3f} ms  reference {row['reference_ms']:8.3f} ms  "
+                      f"x{row['speedup']:5.2f}  {row['fast_gflops']:6.2f} GFLOP/s", file=sys.stderr)
+        result[group] = table
+    return result
+
+
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench ops")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--only", nargs="+", choices=sorted(GROUPS), help="benchmark only these groups")
+    p.add_argument("--progress", action="store_true", help="print each case to stderr as it is measured")
+    args = p.parse_args(argv)
+    return bench_ops(json_out=not args.progress, repeats=args.repeats, batch=args.batch_size, groups=args.only,
+                     threads=args.threads)

@@ -1,0 +1,86 @@
+"""Step benchmark: one supernet update (update_w) and one policy update (update_theta), fast path
+vs the reference path, on the same sampled architectures; and the m x n = 4 x 4 policy step,
+batched (multi-architecture, prefix-shared, inference mode) vs the authors' sequential way."""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from .. import executor
+from ..config import SearchConfig
+from ..ops.dispatch import use_backend
+from ..sampler import sample_genotype
+from ..search import Searcher, step_generator
+from . import median_ms
+
+
+def sequential_update_theta(s: Searcher, x, y, gen) -> None:
+    """The authors' way: every (beta, alpha) pair evaluated one architecture at a time, with
+    autograd recording the forward passes although nothing is backpropagated through them."""
+    cfg = s.cfg
+    losses = []
+    for _ in range(cfg.num_inputs):
+        beta = sample_genotype(s.family, gen)
+        acc_beta = (s.supernet(x, beta).argmax(1) == y).float().mean()
+        for _ in range(cfg.num_samples):
+            alpha, log_prob, entropy = s.policy.transform(beta, gen)
+            reward = (s.supernet(x, alpha).argmax(1) == y).float().mean() - acc_beta
+            losses.append(-log_prob * (reward.item() - s.baseline) - cfg.entropy_weight * entropy)
+    loss = torch.stack(losses).mean()
+    s.policy_optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.policy_optimizer.step()
+
+
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--channels", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-reference", action="store_true", help="time only the fast path")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = SearchConfig(out=out, batch_size=args.batch_size, layers=args.layers, channels=args.channels,
+                           device=args.device, progress=False)
+        s = Searcher(cfg, log=lambda _: None)
+    x, y = next(iter(s.w_loader.epoch(0)))
+    x, y = x.to(s.device), y.to(s.device)
+    steps = iter(range(10**6))
+
+    def w_step():
+        s.update_w(x, y, step_generator(0, next(steps) % args.repeats, 0))
+
+    def theta_step():
+        s.update_theta(x, y, step_generator(0, next(steps) % args.repeats, 1))
+
+    result: Dict = {"device": str(s.device), "threads": torch.get_num_threads(),
+                    "batch_size": args.batch_size, "layers": args.layers, "channels": args.channels,
+                    "repeats": args.repeats, "torch": torch.__version__}
+    result["update_w_ms"] = median_ms(w_step, args.repeats)
+    result["update_theta_ms"] = median_ms(theta_step, args.repeats)
+    if not args.skip_reference:
+        with use_backend("reference"):
+            result["reference_update_w_ms"] = median_ms(w_step, args.repeats)
+            result["reference_update_theta_ms"] = median_ms(theta_step, args.repeats)
+        result["update_w_speedup"] = round(result["reference_update_w_ms"] / result["update_w_ms"], 2)
+        result["update_theta_speedup"] = round(result["reference_update_theta_ms"] / result["update_theta_ms"], 2)
+    # The compiled executor's saving in per-step Python/dispatch overhead (same kernels: ATen's).
+    if executor.available():
+        with use_backend("reference"):
+            s.cfg.executor = True
+            result["executor_update_w_ms"] = median_ms(w_step, args.repeats)
+            s.cfg.executor = False
+            result["python_path_aten_update_w_ms"] = median_ms(w_step, args.repeats)
+    # Policy step with m x n = 4 x 4: batched vs sequential (both on the default backend).
+    s.cfg.num_inputs, s.cfg.num_samples = 4, 4
+    result["update_theta_4x4_ms"] = median_ms(theta_step, max(2, args.repeats // 2))
+    result["sequential_update_theta_4x4_ms"] = median_ms(
+        lambda: sequential_update_theta(s, x, y, step_generator(0, next(steps), 2)), max(2, args.repeats // 2))
+    result["update_theta_4x4_speedup"] = round(result["sequential_update_theta_4x4_ms"] / result["update_theta_4x4_ms"], 2)
+    return result

@@ -1,0 +1,199 @@
+"""The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
+registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm` and
+`pool_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs.
+
+The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
+(portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
+through `supports` and runs the reference. `dispatch.use_backend("reference")` or
+NATFAST_BACKEND=reference switches them off.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import dispatch
+from .. import fused  # noqa: F401  (defines the pool_bn dispatch op and its reference)
+from ... import _ext
+
+OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
+             "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
+             "cpu_pool2d_bn_backward")
+_DTYPES = (torch.float32, torch.float64)
+_MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
+
+
+class ReluDwconv(torch.autograd.Function):
+    """conv2d(relu(x), weight, groups=C), 'same' padding."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int, dilation: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.dilation = stride, dilation
+        return torch.ops.natfast.cpu_relu_dwconv_forward(x, weight, stride, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w = torch.ops.natfast.cpu_relu_dwconv_backward(grad_y, x, weight, ctx.stride, ctx.dilation)
+        return grad_x, grad_w, None, None
+
+
+class Pool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kind: str, kernel: int, stride: int):
+        ctx.save_for_backward(x)
+        ctx.conf = (kind, kernel, stride)
+        return torch.ops.natfast.cpu_pool2d_forward(x, kind, kernel, stride)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        (x,) = ctx.saved_tensors
+        return torch.ops.natfast.cpu_pool2d_backward(grad_y, x, *ctx.conf), None, None, None
+
+
+class GroupBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, groups: Sequence[int], eps: float):
+        y, mean, rstd = torch.ops.natfast.cpu_group_batch_norm_forward(x, list(groups), eps)
+        ctx.save_for_backward(x, mean, rstd)
+        ctx.groups = list(groups)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, mean, rstd = ctx.saved_tensors
+        return torch.ops.natfast.cpu_group_batch_norm_backward(grad_y, x, mean, rstd, ctx.groups), None, None
+
+
+class PoolBatchNorm(torch.autograd.Function):
+    """group_batch_norm(pool2d(x)) in one pass each way; saves x and the pooled tensor (as the two
+    unfused ops would)."""
+
+    @staticmethod
+    def forward(ctx, x, kind: str, kernel: int, stride: int, groups: Sequence[int], eps: float):
+        y, pooled, mean, rstd = torch.ops.natfast.cpu_pool2d_bn_forward(x, kind, kernel, stride, list(groups), eps)
+        ctx.save_for_backward(x, pooled, mean, rstd)
+        ctx.conf = (kind, kernel, stride, list(groups))
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, pooled, mean, rstd = ctx.saved_tensors
+        grad_x = torch.ops.natfast.cpu_pool2d_bn_backward(grad_y, x, pooled, mean, rstd, *ctx.conf)
+        return grad_x, None, None, None, None, None
+
+
+class Conv1x1(torch.autograd.Function):
+    """1x1 convolution as one batched GEMM per pass on the NCHW tensor, (Co, Ci) @ (Ci, H*W) per
+    sample: MKL's sgemm at these small channel counts is several times faster than oneDNN's
+    convolution (bench/RESULTS.md), and no layout conversion is needed."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int):
+        ctx.input_shape, ctx.stride = x.shape, stride
+        if stride > 1:
+            x = x[:, :, ::stride, ::stride]
+        n, ci, h, w = x.shape
+        inputs = x.reshape(n, ci, h * w)
+        weights = weight.reshape(weight.shape[0], ci)
+        ctx.save_for_backward(inputs, weights)
+        ctx.shape = (n, ci, h, w)
+        # bmm, not matmul: matmul folds (2-D) @ (3-D) into one mm through transposed copies.
+        return torch.bmm(weights.expand(n, *weights.shape), inputs).view(n, -1, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        inputs, weights = ctx.saved_tensors
+        n, ci, h, w = ctx.shape
+        grads = grad_y.reshape(n, -1, h * w)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(weights.t().expand(n, ci, weights.shape[0]), grads).view(n, ci, h, w)
+            if ctx.stride > 1:  # the skipped pixels get no gradient
+                full = grad_x.new_zeros(ctx.input_shape)
+                full[:, :, ::ctx.stride, ::ctx.stride] = grad_x
+                grad_x = full
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.bmm(grads, inputs.transpose(1, 2)).sum(0).view(*weights.shape, 1, 1)
+        return grad_x, grad_w, None
+
+
+def relu_dwconv_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    return ReluDwconv.apply(x, weight, stride, dilation)
+
+
+def pool2d_cpu(x: torch.Tensor, kind: str, kernel: int, stride: int) -> torch.Tensor:
+    return Pool2d.apply(x, kind, kernel, stride)
+
+
+def group_batch_norm_cpu(x: torch.Tensor, groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
+    return GroupBatchNorm.apply(x, tuple(groups) if groups is not None else (), eps)
+
+
+def pool_bn_cpu(x: torch.Tensor, kind: str, kernel: int, stride: int, groups: Optional[Sequence[int]],
+                eps: float) -> torch.Tensor:
+    return PoolBatchNorm.apply(x, kind, kernel, stride, tuple(groups) if groups is not None else (), eps)
+
+
+def conv1x1_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    return Conv1x1.apply(x, weight, stride)
+
+
+def _plain(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4
+
+
+def _supports_relu_dwconv(x, weight, stride, dilation) -> bool:
+    k = weight.shape[-1]
+    return (_plain(x) and weight.dtype == x.dtype and weight.dim() == 4 and weight.shape[1] == 1
+            and weight.shape[0] == x.shape[1] and weight.shape[2] == k and k % 2 == 1 and k <= _MAX_KERNEL
+            and stride in (1, 2) and dilation >= 1)
+
+
+def _supports_conv1x1(x, weight, stride=1) -> bool:
+    return (_plain(x) and weight.dtype == x.dtype and weight.dim() == 4 and weight.shape[2:] == (1, 1)
+            and weight.shape[1] == x.shape[1] and stride >= 1)
+
+
+def _supports_pool2d(x, kind, kernel, stride) -> bool:
+    return _plain(x) and kernel % 2 == 1 and kernel <= _MAX_KERNEL and stride in (1, 2)
+
+
+def _supports_group_batch_norm(x, groups, eps) -> bool:
+    # The reference raises for a single value per channel; let it (same error, same place).
+    smallest = min(groups) if groups else x.shape[0]
+    return _plain(x) and smallest * x.shape[2] * x.shape[3] > 1
+
+
+def _supports_pool_bn(x, kind, kernel, stride, groups, eps) -> bool:
+    if not _supports_pool2d(x, kind, kernel, stride):
+        return False
+    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+    return (min(groups) if groups else x.shape[0]) * out > 1  # as _supports_group_batch_norm
+
+
+def register() -> str:
+    """Register the CPU kernels with dispatch when the extension provides them."""
+    try:
+        module, why = _ext.load()
+        if module is None:
+            return f"inactive: {why}"
+        missing = [name for name in OPERATORS if not _ext.has_op(name)]
+        if missing:
+            return f"inactive: the extension lacks {', '.join(missing)}"
+        dispatch.register("relu_dwconv", "cpu", relu_dwconv_cpu, supports=_supports_relu_dwconv)
+        dispatch.register("pool2d", "cpu", pool2d_cpu, supports=_supports_pool2d)
+        dispatch.register("conv1x1", "cpu", conv1x1_cpu, supports=_supports_conv1x1)
+        dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
+        dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
+        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1"
+    except Exception as exc:  # never fail `import natfast.ops`
+        return f"inactive: {type(exc).__name__}: {exc}"

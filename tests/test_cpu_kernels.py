@@ -1,0 +1,286 @@
+"""The CPU backend (csrc/cpu kernels and the GEMM-based 1x1 convolution) against the reference path,
+forward and backward: fused ReLU + depthwise conv, max/avg pooling, per-group BN, 1x1 convolution;
+gradcheck in float64; the portable (non-AVX2) build; a few supernet training steps fast vs
+reference."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from natfast import _ext
+from natfast.benchmarks.ops import bench_ops
+from natfast.genotype import get_family
+from natfast.ops import dispatch
+from natfast.ops.backends import cpu as cpu_backend
+from natfast.ops.depthwise import relu_dwconv_reference
+from natfast.ops.fused import pool_bn_reference
+from natfast.ops.norm import group_batch_norm_reference
+from natfast.ops.pointwise import conv1x1_reference
+from natfast.ops.pool import pool2d_reference
+from natfast.sampler import sample_genotype
+from natfast.supernet import Supernet
+
+pytestmark = pytest.mark.skipif(not _ext.has_op("cpu_relu_dwconv_forward"),
+                                reason="natfast._C (or NATFAST_EXTENSION) does not provide the CPU kernels")
+
+# float32: the kernels sum in another order than oneDNN/ATen (and use FMA); float64: rounding only.
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+# (N, C, H, W): odd sizes, batch 1, planes narrower than one vector, a 1 x 1 plane.
+SHAPES = [(2, 3, 9, 7), (1, 4, 8, 8), (3, 2, 16, 13), (2, 5, 5, 5), (1, 2, 2, 3), (2, 1, 1, 1), (2, 3, 33, 17)]
+
+
+def _random(shape, dtype, gen):
+    return torch.randn(shape, dtype=dtype, generator=gen)
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as x in another memory layout (the kernels must not assume contiguity)."""
+    if layout == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    if layout == "strided":  # every other element of a wider tensor
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+def _run(fn, inputs, grad_out):
+    """fn(*inputs) and the gradients of <fn(*inputs), grad_out> for the floating inputs."""
+    leaves = [t.detach().clone().requires_grad_(True) if torch.is_tensor(t) else t for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out)
+    return out.detach(), [t.grad for t in leaves if torch.is_tensor(t)]
+
+
+def _assert_same(fast, ref, dtype):
+    (y_fast, grads_fast), (y_ref, grads_ref) = fast, ref
+    torch.testing.assert_close(y_fast, y_ref, **TOL[dtype])
+    for g_fast, g_ref in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(g_fast, g_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,stride,dilation", [(k, s, d) for k in (3, 5) for s in (1, 2) for d in (1, 2)])
+def test_relu_dwconv_equals_reference(dtype, kernel, stride, dilation):
+    gen = torch.Generator().manual_seed(kernel * 100 + stride * 10 + dilation)
+    for shape in SHAPES:
+        x = _random(shape, dtype, gen)
+        w = _random((shape[1], 1, kernel, kernel), dtype, gen)
+        ref_y = relu_dwconv_reference(x, w, stride, dilation)
+        g = _random(ref_y.shape, dtype, gen)
+        ref = _run(lambda a, b: relu_dwconv_reference(a, b, stride, dilation), [x, w], g)
+        fast = _run(lambda a, b: cpu_backend.relu_dwconv_cpu(a, b, stride, dilation), [x, w], g)
+        _assert_same(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_relu_dwconv_non_contiguous(layout):
+    gen = torch.Generator().manual_seed(1)
+    x = _random((2, 8, 11, 12), torch.float32, gen)
+    w = _random((8, 1, 3, 3), torch.float32, gen)
+    g = _random((2, 8, 6, 6), torch.float32, gen)
+    ref = _run(lambda a, b: relu_dwconv_reference(a, b, 2, 1), [x, w], g)
+    fast = _run(lambda a, b: cpu_backend.relu_dwconv_cpu(_layout(a, layout), b, 2, 1), [x, w],
+                _layout(g, layout))
+    _assert_same(fast, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+def test_pool2d_equals_reference(dtype, kind, kernel, stride):
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    for shape in SHAPES:
+        x = _random(shape, dtype, gen)
+        g = _random(pool2d_reference(x, kind, kernel, stride).shape, dtype, gen)
+        ref = _run(lambda a: pool2d_reference(a, kind, kernel, stride), [x], g)
+        fast = _run(lambda a: cpu_backend.pool2d_cpu(a, kind, kernel, stride), [x], g)
+        _assert_same(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_ties_go_to_the_first_maximum(stride):
+    # Few distinct values: most windows hold several maxima; PyTorch routes the gradient to the first.
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 3, (2, 3, 10, 9), generator=gen).double()
+    g = _random(pool2d_reference(x, "max", 3, stride).shape, torch.float64, gen)
+    ref = _run(lambda a: pool2d_reference(a, "max", 3, stride), [x], g)
+    fast = _run(lambda a: cpu_backend.pool2d_cpu(a, "max", 3, stride), [x], g)
+    _assert_same(fast, ref, torch.float64)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool2d_non_contiguous(layout, kind):
+    gen = torch.Generator().manual_seed(3)
+    x = _random((2, 8, 9, 10), torch.float32, gen)
+    g = _random((2, 8, 9, 10), torch.float32, gen)
+    ref = _run(lambda a: pool2d_reference(a, kind, 3, 1), [x], g)
+    fast = _run(lambda a: cpu_backend.pool2d_cpu(_layout(a, layout), kind, 3, 1), [x], _layout(g, layout))
+    _assert_same(fast, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("groups", [None, (3, 3), (1, 4, 1), (6,)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_group_batch_norm_equals_reference(dtype, groups, layout):
+    gen = torch.Generator().manual_seed(4)
+    for hw in [(7, 5), (8, 8), (1, 2)]:
+        # A mean far from zero and a non-unit scale: the variance must not lose precision.
+        x = _random((6, 5, *hw), dtype, gen) * 3 + 2
+        g = _random(x.shape, dtype, gen)
+        ref = _run(lambda a: group_batch_norm_reference(a, groups), [x], g)
+        fast = _run(lambda a: cpu_backend.group_batch_norm_cpu(_layout(a, layout), groups, 1e-5), [x], g)
+        _assert_same(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1)])
+@pytest.mark.parametrize("groups", [None, (2, 1, 3)])
+def test_pool_bn_equals_reference(dtype, kind, kernel, stride, groups):
+    gen = torch.Generator().manual_seed(8)
+    # Not planes the window covers whole: max pooling would make a one-sample group constant, and
+    # BN of a constant (variance ~ 0) only amplifies float32 rounding.
+    for hw in [(9, 7), (16, 16), (5, 6)]:
+        x = _random((6, 4, *hw), dtype, gen) * 2 + 1
+        ref_fn = lambda a: pool_bn_reference(_layout(a, "channels_last"), kind, kernel, stride, groups)
+        with dispatch.use_backend("reference"):
+            g = _random(ref_fn(x).shape, dtype, gen)
+            ref = _run(ref_fn, [x], g)
+        fast = _run(lambda a: cpu_backend.pool_bn_cpu(_layout(a, "channels_last"), kind, kernel, stride, groups, 1e-5),
+                    [x], g)
+        _assert_same(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "shifted"])
+def test_conv1x1_equals_reference(dtype, stride, layout):
+    gen = torch.Generator().manual_seed(7)
+    for shape in [(2, 6, 9, 8), (1, 3, 4, 5), (3, 5, 2, 2)]:
+        x = _random(shape, dtype, gen)
+        w = _random((4, shape[1], 1, 1), dtype, gen)
+        # "shifted": FactorizedReduce's second branch, x[:, :, 1:, 1:] (a non-contiguous view).
+        view = (lambda a: a[:, :, 1:, 1:]) if layout == "shifted" else (lambda a: _layout(a, layout))
+        g = _random(conv1x1_reference(view(x), w, stride).shape, dtype, gen)
+        ref = _run(lambda a, b: conv1x1_reference(view(a), b, stride), [x, w], g)
+        fast = _run(lambda a, b: cpu_backend.conv1x1_cpu(view(a), b, stride), [x, w], g)
+        _assert_same(fast, ref, dtype)
+
+
+def test_gradcheck_float64():
+    gen = torch.Generator().manual_seed(5)
+    x = _random((2, 3, 5, 6), torch.float64, gen).requires_grad_()
+    for k, s, d in [(3, 1, 1), (3, 2, 2), (5, 2, 1)]:
+        w = _random((3, 1, k, k), torch.float64, gen).requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: cpu_backend.relu_dwconv_cpu(a, b, s, d), (x, w))
+    for kind in ("max", "avg"):
+        for s in (1, 2):
+            assert torch.autograd.gradcheck(lambda a: cpu_backend.pool2d_cpu(a, kind, 3, s), (x,))
+    assert torch.autograd.gradcheck(lambda a: cpu_backend.group_batch_norm_cpu(a, (1, 1), 1e-5), (x,))
+    for kind in ("max", "avg"):
+        assert torch.autograd.gradcheck(lambda a: cpu_backend.pool_bn_cpu(a, kind, 3, 2, (1, 1), 1e-5), (x,))
+    w1 = _random((4, 3, 1, 1), torch.float64, gen).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: cpu_backend.conv1x1_cpu(a, b, 2), (x, w1))
+
+
+def test_weight_gradient_does_not_depend_on_thread_count():
+    gen = torch.Generator().manual_seed(6)
+    x = _random((16, 4, 16, 16), torch.float32, gen)
+    w = _random((4, 1, 3, 3), torch.float32, gen)
+    g = _random((16, 4, 16, 16), torch.float32, gen)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.natfast.cpu_relu_dwconv_backward(g, x, w, 1, 1)[1])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+def test_dispatch_picks_the_kernels_and_can_be_switched_off():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 3, 3)
+    assert dispatch.resolve("relu_dwconv", "cpu", x, w, 1, 1)[0] == "cpu"
+    assert dispatch.resolve("pool2d", "cpu", x, "avg", 3, 2)[0] == "cpu"
+    assert dispatch.resolve("group_batch_norm", "cpu", x, (1, 1), 1e-5)[0] == "cpu"
+    assert dispatch.resolve("conv1x1", "cpu", x, torch.randn(4, 3, 1, 1), 2)[0] == "cpu"
+    assert dispatch.resolve("pool_bn", "cpu", x, "max", 3, 1, None, 1e-5)[0] == "cpu"
+    with dispatch.use_backend("reference"):
+        assert dispatch.resolve("relu_dwconv", "cpu", x, w, 1, 1)[0] == "reference"
+    # What the kernels do not handle goes to the reference.
+    assert dispatch.resolve("relu_dwconv", "cpu", x.half(), w.half(), 1, 1)[0] == "reference"
+    assert dispatch.resolve("pool2d", "cpu", x, "max", 3, 3)[0] == "reference"
+    assert dispatch.resolve("group_batch_norm", "cpu", x[:1, :, :1, :1], None, 1e-5)[0] == "reference"
+
+
+_PORTABLE_CHECK = """
+import torch
+from natfast.ops.backends import cpu
+from natfast.ops.depthwise import relu_dwconv_reference
+from natfast.ops.fused import pool_bn_reference
+from natfast.ops.pointwise import conv1x1_reference
+from natfast.ops.pool import pool2d_reference
+torch.manual_seed(0)
+x = torch.randn(2, 3, 13, 11)
+for s in (1, 2):
+    w = torch.randn(3, 1, 3, 3)
+    torch.testing.assert_close(cpu.relu_dwconv_cpu(x, w, s, 2), relu_dwconv_reference(x, w, s, 2), rtol=1e-4, atol=1e-4)
+    for kind in ("max", "avg"):
+        torch.testing.assert_close(cpu.pool2d_cpu(x, kind, 3, s), pool2d_reference(x, kind, 3, s), rtol=1e-4, atol=1e-4)
+print("portable ok")
+"""
+
+
+def test_portable_kernels_in_float32():
+    # The instruction set is chosen once per process: check the non-AVX2 build in a fresh one.
+    env = dict(os.environ, NATFAST_CPU_CAPABILITY="portable")
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "portable ok" in result.stdout
+
+
+def _train(backend: str, steps: int = 3):
+    """Losses and final weights of a few SGD steps of a small supernet on two architectures at once
+    (per-group BN statistics), all ops of the DARTS space present."""
+    torch.manual_seed(0)
+    net = Supernet(get_family("darts"), channels=8, layers=3)
+    gen = torch.Generator().manual_seed(1)
+    archs = [sample_genotype(net.family, gen) for _ in range(2)]
+    x = torch.randn(8, 3, 16, 16, generator=gen)
+    labels = torch.randint(0, 10, (8,), generator=gen)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    with dispatch.use_backend(backend):
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net.forward_routed(x, archs, (4, 4)), labels)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return torch.tensor(losses), torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_training_trajectory_matches_reference():
+    fast_losses, fast_weights = _train("auto")
+    ref_losses, ref_weights = _train("reference")
+    torch.testing.assert_close(fast_losses, ref_losses, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast_weights, ref_weights, rtol=1e-3, atol=1e-4)
+
+
+def test_bench_ops_reports_fast_reference_and_sgemm():
+    result = bench_ops(repeats=1, batch=2, groups=["group_batch_norm"])
+    assert result["sgemm_gflops"] > 0
+    rows = result["group_batch_norm"]
+    assert len(rows) == 6
+    for row in rows.values():
+        assert row["fast_ms"] > 0 and row["reference_ms"] > 0 and row["fast_gflops"] > 0
