@@ -20,6 +20,7 @@ class SearchConfig:
     """NAT search: alternate supernet (w) and policy (theta) updates (spec section 5)."""
     out: str = opt("runs/search", "output folder (checkpoint.pt, metrics.jsonl, config.json)")
     data: Optional[str] = opt(None, "CIFAR-10 folder (cifar-10-batches-py or its parent); default: the embedded sample")
+    download: bool = opt(False, "download CIFAR-10 into --data with torchvision if it is missing (needs internet)")
     family: str = opt("darts", "cell family: darts (fully-concat) or enas (loose-end)")
     transitions: str = opt("nat", "transition rule: nat ({same, skip, null}) or natpp (NAT++ 13-op space)")
     epochs: int = opt(100, "epochs E (each: one pass for w, one pass for theta)")

@@ -47,12 +47,15 @@ class ArrayDataset:
 # Loading
 
 
-def load_cifar10(root: str | None = None, split: str = "train") -> ArrayDataset:
-    """The embedded sample (root None) or the `cifar-10-batches-py` folder at / under `root`."""
+def load_cifar10(root: str | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
+    """The embedded sample (root None) or the `cifar-10-batches-py` folder at / under `root`;
+    `download=True` fetches the folder into `root` with torchvision when it is missing (online)."""
     if split not in SPLIT_FILES:
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
     if root is None:
         return _load_sample(split)
+    if download:
+        _download(Path(root))
     folder = _find_folder(Path(root))
     # Train batches that exist are all read: a subset folder (e.g. data_batch_1 only) is valid.
     paths = [folder / name for name in SPLIT_FILES[split] if (folder / name).is_file()]
@@ -62,6 +65,22 @@ def load_cifar10(root: str | None = None, split: str = "train") -> ArrayDataset:
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     return ArrayDataset(x, y, f"{folder} ({len(y)} {split})")
+
+
+def _download(root: Path) -> None:
+    """torchvision writes the standard folder; it is the only optional dependency, used only here."""
+    if any((root / FOLDER_NAME / name).is_file() for name in SPLIT_FILES["test"]):
+        return
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError as e:
+        raise DataError(f"downloading CIFAR-10 into {root} needs torchvision (pip install torchvision); "
+                        f"{HOW_TO_GET_DATA}") from e
+    try:
+        for train in (True, False):
+            CIFAR10(str(root), train=train, download=True)
+    except Exception as e:  # network errors come in many types; the message says which
+        raise DataError(f"downloading CIFAR-10 into {root} failed ({type(e).__name__}: {e}); {HOW_TO_GET_DATA}") from None
 
 
 def _load_sample(split: str) -> ArrayDataset:

@@ -80,6 +80,14 @@ class BasePolicy(nn.Module):
         targets, log_p, entropy = masked_sample(logits, allowed.unsqueeze(0).expand_as(logits), uniform)
         return [Transformation(targets[i], log_p[i].sum(-1), entropy[i].sum(-1)) for i in range(num_samples)]
 
+    def evaluate(self, cells: Sequence[Edges], targets: torch.Tensor) -> Transformation:
+        """log pi and entropy of given targets (B, E): what REINFORCE differentiates."""
+        logits, allowed = self._logits_and_mask(cells)
+        log_p = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        _, _, entropy = masked_sample(logits, allowed)
+        chosen = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return Transformation(targets, chosen.sum(-1), entropy.sum(-1))
+
     def argmax(self, cells: Sequence[Edges]) -> Transformation:
         logits, allowed = self._logits_and_mask(cells)
         targets, log_p, entropy = masked_sample(logits, allowed)

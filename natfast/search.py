@@ -58,7 +58,7 @@ def build_models(cfg, device) -> tuple:
 
 
 def search_data(cfg) -> ArrayDataset:
-    ds = load_cifar10(cfg.data, "train")
+    ds = load_cifar10(cfg.data, "train", download=cfg.download)
     if cfg.train_limit and cfg.train_limit < len(ds):
         ds = ArrayDataset(ds.x[: cfg.train_limit], ds.y[: cfg.train_limit], f"{ds.source}, first {cfg.train_limit}")
     return ds

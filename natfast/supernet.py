@@ -131,10 +131,12 @@ class Supernet(nn.Module):
         return torch.cat(self.run(parts, list(enumerate(archs))))
 
     # ----------------------------------------------------------------- engine
-    def run(self, inputs: Sequence[torch.Tensor], lanes: Sequence[Tuple[int, Genotype]]) -> List[torch.Tensor]:
-        """Run each lane (input index, architecture); returns each lane's logits."""
+    def run(self, inputs: Sequence[torch.Tensor], lanes: Sequence[Tuple[int, Genotype]],
+            concatenate: Optional[bool] = None) -> List[torch.Tensor]:
+        """Run each lane (input index, architecture); returns each lane's logits. `concatenate`:
+        batch the distinct inputs of an op into one call (default: on CUDA only)."""
         self._check_archs([g for _, g in lanes])
-        ctx = _RunContext()
+        ctx = _RunContext(concatenate)
         stem_vals = ctx.batched(("stem",), [(("stem", i), [x]) for i, x in enumerate(inputs)],
                                 lambda xs, groups: self.stem(xs, groups))
         states = [(CellOutput((stem_vals[i],), None),) * 2 for i, _ in lanes]
@@ -143,6 +145,9 @@ class Supernet(nn.Module):
                             g.reduce_concat if cell.reduction else g.normal_concat) for _, g in lanes]
             outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], cells_genes)
             states = [(s[1], o) for s, o in zip(states, outs)]
+            # Later keys name the values the lanes hold, not the memo: forget this cell's
+            # intermediates so that (under inference) their memory is freed as the pass goes on.
+            ctx.forget()
         return [self._classify(ctx, s[1]) for s in states]
 
     def _check_archs(self, archs: Sequence[Genotype]) -> None:
@@ -236,10 +241,19 @@ def _channel_index(blocks: Sequence[int], like: torch.Tensor) -> torch.Tensor:
 class _RunContext:
     """Values computed during one `Supernet.run`, identified by what they are computed from."""
 
-    def __init__(self):
+    def __init__(self, concatenate: Optional[bool] = None):
+        # One call per op over all distinct inputs pays on a GPU (small launches become big ones);
+        # on a CPU the copies cost more than the calls, so each distinct input runs on its own.
+        self._concat_mode = concatenate
         self._uids = itertools.count()
         self._memo: Dict[tuple, Value] = {}
         self._pooled: Dict[int, torch.Tensor] = {}
+
+    def forget(self) -> None:
+        self._memo.clear()
+
+    def _concatenate(self, like: torch.Tensor) -> bool:
+        return like.is_cuda if self._concat_mode is None else self._concat_mode
 
     def zero(self, n: int) -> Value:
         return Value(-1, None, n)
@@ -258,8 +272,10 @@ class _RunContext:
         if todo:
             inputs = [ts[0] if len(ts) == 1 else torch.cat(ts, dim=1) for ts in todo.values()]
             sizes = [x.shape[0] for x in inputs]
-            y = fn(inputs[0] if len(inputs) == 1 else torch.cat(inputs), tuple(sizes))
-            parts = [y] if len(inputs) == 1 else torch.split(y, sizes)
+            if len(inputs) == 1 or not self._concatenate(inputs[0]):
+                parts = [fn(x, (n,)) for x, n in zip(inputs, sizes)]
+            else:
+                parts = torch.split(fn(torch.cat(inputs), tuple(sizes)), sizes)
             for key, part in zip(todo, parts):
                 self._memo[key] = Value(next(self._uids), part, part.shape[0])
         return [v if v is not None else self._memo[key] for v, (key, _) in zip(out, requests)]

@@ -23,8 +23,9 @@ from natfast.ops.pool import pool2d_reference
 from natfast.sampler import sample_genotype
 from natfast.supernet import Supernet
 
-pytestmark = pytest.mark.skipif(not _ext.has_op("cpu_relu_dwconv_forward"),
-                                reason="natfast._C (or NATFAST_EXTENSION) does not provide the CPU kernels")
+_MISSING = [name for name in cpu_backend.OPERATORS if not _ext.has_op(name)]
+needs_kernels = pytest.mark.skipif(bool(_MISSING), reason=f"natfast._C (or NATFAST_EXTENSION) lacks "
+                                   f"{', '.join(_MISSING)}: build it (pip install --no-build-isolation -e .)")
 
 # float32: the kernels sum in another order than oneDNN/ATen (and use FMA); float64: rounding only.
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -63,6 +64,7 @@ def _assert_same(fast, ref, dtype):
         torch.testing.assert_close(g_fast, g_ref, **TOL[dtype])
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kernel,stride,dilation", [(k, s, d) for k in (3, 5) for s in (1, 2) for d in (1, 2)])
 def test_relu_dwconv_equals_reference(dtype, kernel, stride, dilation):
@@ -77,6 +79,7 @@ def test_relu_dwconv_equals_reference(dtype, kernel, stride, dilation):
         _assert_same(fast, ref, dtype)
 
 
+@needs_kernels
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_relu_dwconv_non_contiguous(layout):
     gen = torch.Generator().manual_seed(1)
@@ -89,6 +92,7 @@ def test_relu_dwconv_non_contiguous(layout):
     _assert_same(fast, ref, torch.float32)
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
@@ -102,6 +106,7 @@ def test_pool2d_equals_reference(dtype, kind, kernel, stride):
         _assert_same(fast, ref, dtype)
 
 
+@needs_kernels
 @pytest.mark.parametrize("stride", [1, 2])
 def test_max_pool_ties_go_to_the_first_maximum(stride):
     # Few distinct values: most windows hold several maxima; PyTorch routes the gradient to the first.
@@ -113,6 +118,7 @@ def test_max_pool_ties_go_to_the_first_maximum(stride):
     _assert_same(fast, ref, torch.float64)
 
 
+@needs_kernels
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_pool2d_non_contiguous(layout, kind):
@@ -124,6 +130,7 @@ def test_pool2d_non_contiguous(layout, kind):
     _assert_same(fast, ref, torch.float32)
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("groups", [None, (3, 3), (1, 4, 1), (6,)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
@@ -138,6 +145,7 @@ def test_group_batch_norm_equals_reference(dtype, groups, layout):
         _assert_same(fast, ref, dtype)
 
 
+@needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1)])
@@ -173,6 +181,7 @@ def test_conv1x1_equals_reference(dtype, stride, layout):
         _assert_same(fast, ref, dtype)
 
 
+@needs_kernels
 def test_gradcheck_float64():
     gen = torch.Generator().manual_seed(5)
     x = _random((2, 3, 5, 6), torch.float64, gen).requires_grad_()
@@ -189,6 +198,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, b: cpu_backend.conv1x1_cpu(a, b, 2), (x, w1))
 
 
+@needs_kernels
 def test_weight_gradient_does_not_depend_on_thread_count():
     gen = torch.Generator().manual_seed(6)
     x = _random((16, 4, 16, 16), torch.float32, gen)
@@ -205,6 +215,7 @@ def test_weight_gradient_does_not_depend_on_thread_count():
     assert torch.equal(results[0], results[1])
 
 
+@needs_kernels
 def test_dispatch_picks_the_kernels_and_can_be_switched_off():
     x, w = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 3, 3)
     assert dispatch.resolve("relu_dwconv", "cpu", x, w, 1, 1)[0] == "cpu"
@@ -224,8 +235,6 @@ _PORTABLE_CHECK = """
 import torch
 from natfast.ops.backends import cpu
 from natfast.ops.depthwise import relu_dwconv_reference
-from natfast.ops.fused import pool_bn_reference
-from natfast.ops.pointwise import conv1x1_reference
 from natfast.ops.pool import pool2d_reference
 torch.manual_seed(0)
 x = torch.randn(2, 3, 13, 11)
@@ -238,6 +247,7 @@ print("portable ok")
 """
 
 
+@needs_kernels
 def test_portable_kernels_in_float32():
     # The instruction set is chosen once per process: check the non-AVX2 build in a fresh one.
     env = dict(os.environ, NATFAST_CPU_CAPABILITY="portable")
@@ -270,6 +280,7 @@ def _train(backend: str, steps: int = 3):
     return torch.tensor(losses), torch.cat([p.detach().flatten() for p in net.parameters()])
 
 
+@needs_kernels
 def test_training_trajectory_matches_reference():
     fast_losses, fast_weights = _train("auto")
     ref_losses, ref_weights = _train("reference")
@@ -277,6 +288,7 @@ def test_training_trajectory_matches_reference():
     torch.testing.assert_close(fast_weights, ref_weights, rtol=1e-3, atol=1e-4)
 
 
+@needs_kernels
 def test_bench_ops_reports_fast_reference_and_sgemm():
     result = bench_ops(repeats=1, batch=2, groups=["group_batch_norm"])
     assert result["sgemm_gflops"] > 0

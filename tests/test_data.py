@@ -264,3 +264,13 @@ def test_pickle_cannot_run_code(tmp_path):
     with pytest.raises(DataError, match="refusing to load global"):
         load_cifar10(str(tmp_path), "test")
     assert not marker.exists()
+
+
+def test_download_without_torchvision_is_a_clear_error(tmp_path):
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision is installed: the download would go to the network")
+    except ImportError:
+        pass
+    with pytest.raises(DataError, match="needs torchvision"):
+        load_cifar10(str(tmp_path), download=True)

@@ -90,3 +90,42 @@ def test_derive_argmax_and_best_of_k(tmp_path):
 def test_ablation_policies_train(tmp_path, policy):
     s = _run(tmp_path, policy, epochs=1, policy=policy)
     assert s.position.step == 10
+
+
+def test_policy_gradient_of_m_by_n_pairs_is_the_average_of_per_pair_gradients(tmp_path):
+    """update_theta scores all m x n (beta, alpha) pairs in one batched pass; its gradient must equal
+    the average of the gradients of each pair's REINFORCE loss computed on its own."""
+    # lr 0: the optimiser step must not move the policy before the replay below.
+    s = Searcher(SearchConfig(out=str(tmp_path), **{**SMALL, "num_inputs": 2, "num_samples": 3, "policy_lr": 0.0,
+                                                    "policy_weight_decay": 0.0}), log=lambda _: None)
+    s.baseline = 0.05
+    x, y = next(iter(s.theta_loader.epoch(0)))
+    from natfast.sampler import sample_genotype
+    from natfast.search import step_generator
+    baseline = s.baseline
+    s.update_theta(x, y, step_generator(0, 7, 0))
+    batched = {n: p.grad.clone() for n, p in s.policy.named_parameters()}
+
+    # Replay the same random choices, then one pair at a time (rewards scored sequentially too).
+    gen = step_generator(0, 7, 0)
+    betas = [sample_genotype(s.family, gen) for _ in range(2)]
+    cells = [c for b in betas for c in (b.normal, b.reduce)]
+    samples = s.policy.sample(cells, gen, 3)
+    expected = {n: torch.zeros_like(g) for n, g in batched.items()}
+    pairs = 0
+    for sample in samples:
+        for i, beta in enumerate(betas):
+            targets = sample.targets[2 * i: 2 * i + 2]
+            alpha = s.policy.to_genotype(beta, targets)
+            with torch.no_grad():
+                reward = ((s.supernet(x, alpha).argmax(1) == y).float().mean()
+                          - (s.supernet(x, beta).argmax(1) == y).float().mean()).item()
+            tr = s.policy.evaluate([beta.normal, beta.reduce], targets)
+            loss = -tr.log_prob.sum() * (reward - baseline) - s.cfg.entropy_weight * tr.entropy.sum()
+            grads = torch.autograd.grad(loss, list(s.policy.parameters()), allow_unused=True)
+            for (n, _), g in zip(s.policy.named_parameters(), grads):
+                if g is not None:
+                    expected[n] += g
+            pairs += 1
+    for n in batched:
+        torch.testing.assert_close(batched[n], expected[n] / pairs, rtol=1e-4, atol=1e-6)

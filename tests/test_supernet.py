@@ -99,13 +99,15 @@ def _archs_for_sharing(family, gen):
     return [a, b, a, last_cell_differs, only_reduce, _with_nulls(c)]
 
 
+# concatenate=True is the GPU default (one call per op over all distinct inputs, per-group BN).
+@pytest.mark.parametrize("concatenate", [False, True])
 @pytest.mark.parametrize("family_name", ["darts", "enas"])
-def test_shared_batch_equals_sequential(family_name):
+def test_shared_batch_equals_sequential(family_name, concatenate):
     sn = _supernet(family_name, layers=4)
     gen = torch.Generator().manual_seed(5)
     archs = _archs_for_sharing(sn.family, gen)
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
-    batched = sn.forward_shared(x, archs)
+    batched = sn.run([x], [(0, a) for a in archs], concatenate=concatenate)
     for arch, y in zip(archs, batched):
         torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
 
@@ -127,14 +129,15 @@ def test_prefix_sharing_computes_shared_cells_once():
     assert sum(v for k, v in calls.items() if k[0] == 1) > sum(v for k, v in alone.items() if k[0] == 1)
 
 
+@pytest.mark.parametrize("concatenate", [False, True])
 @pytest.mark.parametrize("family_name", ["darts", "enas"])
-def test_routed_batch_equals_each_group_alone(family_name):
+def test_routed_batch_equals_each_group_alone(family_name, concatenate):
     sn = _supernet(family_name, layers=4)
     gen = torch.Generator().manual_seed(7)
     archs = [sample_genotype(sn.family, gen) for _ in range(3)]
     sizes = [2, 3, 2]
     x = torch.randn(sum(sizes), 3, 8, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    y = sn.forward_routed(x, archs, sizes)
+    y = torch.cat(sn.run(list(torch.split(x, sizes)), list(enumerate(archs)), concatenate=concatenate))
     start = 0
     for arch, n in zip(archs, sizes):
         torch.testing.assert_close(y[start:start + n], sn(x[start:start + n], arch), **FWD_TOL)

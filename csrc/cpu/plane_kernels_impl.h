@@ -34,14 +34,10 @@ Taps window_taps(const PlaneGeometry& g, int64_t phases) {
   return taps;
 }
 
-// Branch-free scalar ReLU and ReLU-gradient mask: the sign of x is random, a branch mispredicts.
+// Scalar ReLU that keeps NaN (like max(0, x) in the vector code); compiles to a branch-free max.
 template <typename T>
 T relu(T x) {
   return x < T(0) ? T(0) : x;
-}
-template <typename T>
-T relu_mask(T x, T v) {
-  return v * T(x > T(0));
 }
 
 // Stores the first n (<= width) lanes of v.

@@ -29,9 +29,6 @@ struct VecScalar {
   static VecScalar max(VecScalar a, VecScalar b) { return {a.v > b.v ? a.v : b.v}; }
   static Mask gt(VecScalar a, VecScalar b) { return a.v > b.v; }
   static Mask eq(VecScalar a, VecScalar b) { return a.v == b.v; }
-  static Mask none() { return false; }
-  static Mask and_not(Mask a, Mask b) { return !a && b; }  // b and not a
-  static Mask mask_or(Mask a, Mask b) { return a || b; }
   static VecScalar masked(Mask m, VecScalar a) { return {m ? a.v : T(0)}; }
   static VecScalar select(Mask m, VecScalar a, VecScalar b) { return {m ? a.v : b.v}; }
   static T hsum(VecScalar a) { return a.v; }
@@ -62,9 +59,6 @@ struct VecAvx2f {
   static VecAvx2f max(VecAvx2f a, VecAvx2f b) { return {_mm256_max_ps(a.v, b.v)}; }
   static Mask gt(VecAvx2f a, VecAvx2f b) { return _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ); }
   static Mask eq(VecAvx2f a, VecAvx2f b) { return _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ); }
-  static Mask none() { return _mm256_setzero_ps(); }
-  static Mask and_not(Mask a, Mask b) { return _mm256_andnot_ps(a, b); }
-  static Mask mask_or(Mask a, Mask b) { return _mm256_or_ps(a, b); }
   static VecAvx2f masked(Mask m, VecAvx2f a) { return {_mm256_and_ps(m, a.v)}; }
   static VecAvx2f select(Mask m, VecAvx2f a, VecAvx2f b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
   static float hsum(VecAvx2f a) {

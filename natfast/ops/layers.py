@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fused
 from .depthwise import relu_dwconv
 from .norm import group_batch_norm
 from .pointwise import conv1x1
@@ -96,6 +97,9 @@ class Pool(nn.Module):
         self.norm = Norm(channels, affine, track) if with_bn else None
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        if self.norm is not None and self.norm.searching:
+            # The supernet's pool + BN(affine=False) as one fused op (one pass over the input).
+            return fused.pool_bn(x, self.kind, self.kernel, self.stride, groups)
         y = pool2d(x, self.kind, self.kernel, self.stride)
         return y if self.norm is None else self.norm(y, groups)
 

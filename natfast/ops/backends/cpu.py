@@ -1,6 +1,7 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm` and
-`pool_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs.
+`pool_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs (no compiled code: registered
+even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -181,17 +182,16 @@ def _supports_pool_bn(x, kind, kernel, stride, groups, eps) -> bool:
 
 
 def register() -> str:
-    """Register the CPU kernels with dispatch when the extension provides them."""
+    """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
     try:
+        dispatch.register("conv1x1", "cpu", conv1x1_cpu, supports=_supports_conv1x1)
         module, why = _ext.load()
-        if module is None:
-            return f"inactive: {why}"
-        missing = [name for name in OPERATORS if not _ext.has_op(name)]
-        if missing:
-            return f"inactive: the extension lacks {', '.join(missing)}"
+        missing = [name for name in OPERATORS if not _ext.has_op(name)] if module is not None else []
+        if module is None or missing:
+            reason = why if module is None else f"the extension lacks {', '.join(missing)}"
+            return f"active: conv1x1; C++ kernels inactive: {reason}"
         dispatch.register("relu_dwconv", "cpu", relu_dwconv_cpu, supports=_supports_relu_dwconv)
         dispatch.register("pool2d", "cpu", pool2d_cpu, supports=_supports_pool2d)
-        dispatch.register("conv1x1", "cpu", conv1x1_cpu, supports=_supports_conv1x1)
         dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
         return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1"
