@@ -79,10 +79,26 @@ class CellOutput:
     `blocks` holds each value's position among the B node blocks (None: the stem, all channels)."""
     values: Tuple[Value, ...]
     blocks: Optional[Tuple[int, ...]]
+    _joined: Optional[torch.Tensor] = None
+    _joined_relu: Optional[torch.Tensor] = None
 
     @property
     def key(self):
         return (tuple(v.uid for v in self.values), self.blocks)
+
+    def joined(self) -> torch.Tensor:
+        """The non-zero output nodes concatenated along channels, once: both the next cell (as its
+        input 1) and the one after (as its input 0) preprocess it."""
+        if self._joined is None:
+            tensors = [v.tensor for v in self.values if v.tensor is not None]
+            self._joined = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)
+        return self._joined
+
+    def joined_relu(self) -> torch.Tensor:
+        """relu(joined()): every consumer (cell preprocessing) starts with this ReLU; one serves all."""
+        if self._joined_relu is None:
+            self._joined_relu = F.relu(self.joined())
+        return self._joined_relu
 
 
 def live_nodes(edges, outputs: Sequence[int]) -> set:
@@ -137,7 +153,7 @@ class Supernet(nn.Module):
         batch the distinct inputs of an op into one call (default: on CUDA only)."""
         self._check_archs([g for _, g in lanes])
         ctx = _RunContext(concatenate)
-        stem_vals = ctx.batched(("stem",), [(("stem", i), [x]) for i, x in enumerate(inputs)],
+        stem_vals = ctx.batched(("stem",), [(("stem", i), x) for i, x in enumerate(inputs)],
                                 lambda xs, groups: self.stem(xs, groups))
         states = [(CellOutput((stem_vals[i],), None),) * 2 for i, _ in lanes]
         for index, cell in enumerate(self.cells):
@@ -171,13 +187,14 @@ class Supernet(nn.Module):
                 continue
             blocks = None if out.blocks is None else tuple(blk for _, blk in parts)
             key = (tag, index, out.key)
-            requests.append((lane, key, [v.tensor for v, _ in parts], blocks))
+            requests.append((lane, key, out, blocks))
         # One batched call per distinct channel subset.
         for blocks, reqs in itertools.groupby(sorted(requests, key=lambda r: str(r[3])), key=lambda r: r[3]):
             reqs = list(reqs)
-            cidx = None if blocks is None else _channel_index(blocks, reqs[0][2][0])
-            fn = lambda xs, groups, cidx=cidx: module(xs, groups, cidx)
-            vals = ctx.batched((tag, index, blocks), [(key, tensors) for _, key, tensors, _ in reqs], fn)
+            like = next(v.tensor for v in reqs[0][2].values if v.tensor is not None)
+            cidx = None if blocks is None else _channel_index(blocks, like)
+            fn = lambda xs, groups, cidx=cidx: module(xs, groups, cidx, relu_applied=True)
+            vals = ctx.batched((tag, index, blocks), [(key, out) for _, key, out, _ in reqs], fn)
             for (lane, *_), v in zip(reqs, vals):
                 results[lane] = v
         return results
@@ -207,7 +224,7 @@ class Supernet(nn.Module):
             results: Dict[Tuple[int, str, int], Value] = {}
             for (f, op), inputs in wanted.items():
                 module = cell.edges[edge_key(f, t)][op]
-                reqs = [(("edge", index, f, t, op, uid), [v.tensor]) for uid, v in inputs.items()]
+                reqs = [(("edge", index, f, t, op, uid), v.tensor) for uid, v in inputs.items()]
                 vals = ctx.batched(("edge", index, f, t, op), reqs, lambda xs, groups, m=module: m(xs, groups))
                 for uid, v in zip(inputs, vals):
                     results[(f, op, uid)] = v
@@ -259,18 +276,18 @@ class _RunContext:
         return Value(-1, None, n)
 
     def batched(self, tag, requests, fn) -> List[Value]:
-        """Compute `fn` once for all distinct requests (key, [input tensors]), concatenated along
-        the batch with per-request BN groups; a request's tensors are concatenated channel-wise."""
+        """Compute `fn` once for every distinct request (key, input: a tensor or a CellOutput),
+        with per-request BN groups (one call over the concatenated batch, or one call each)."""
         out: List[Optional[Value]] = []
         todo = {}
-        for key, tensors in requests:
+        for key, source in requests:
             if key in self._memo:
                 out.append(self._memo[key])
             else:
-                todo.setdefault(key, tensors)
+                todo.setdefault(key, source)
                 out.append(None)
         if todo:
-            inputs = [ts[0] if len(ts) == 1 else torch.cat(ts, dim=1) for ts in todo.values()]
+            inputs = [src.joined_relu() if isinstance(src, CellOutput) else src for src in todo.values()]
             sizes = [x.shape[0] for x in inputs]
             if len(inputs) == 1 or not self._concatenate(inputs[0]):
                 parts = [fn(x, (n,)) for x, n in zip(inputs, sizes)]

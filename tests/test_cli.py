@@ -29,6 +29,20 @@ def test_info_json_has_the_contract_keys():
     assert info["torch"]
 
 
+def test_works_without_the_extension():
+    """The reference path alone: natfast imports, reports why the extension is off, and runs."""
+    code = ("import json, torch, natfast; from natfast.info import collect; i = collect(); "
+            "n = natfast.Supernet(natfast.load_arch('DARTS')[1], 4, 3); "
+            "y = n(torch.randn(2, 3, 8, 8), natfast.get_named('DARTS')[0]); "
+            "print(json.dumps([i['cpu_extension'], i['extension'], list(y.shape)]))")
+    env = {**os.environ, "NATFAST_DISABLE_EXTENSION": "1",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cpu_extension, why, shape = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cpu_extension is False and "NATFAST_DISABLE_EXTENSION" in why and shape == [2, 10]
+
+
 @pytest.mark.slow
 def test_tiny_search_then_transform(tmp_path):
     """The README's main job: `search --preset tiny` under 3 minutes, then `transform`."""

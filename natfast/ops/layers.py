@@ -52,12 +52,16 @@ class ReLUConvBN(nn.Module):
         self.weight = _init_conv((c_out, c_in, kernel, kernel))
         self.norm = Norm(c_out, affine, track)
 
-    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None,
+                relu_applied: bool = False) -> torch.Tensor:
+        """`relu_applied`: x is already relu(input) (the supernet shares one ReLU between the two
+        cells that preprocess the same cell output)."""
         w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
+        x = x if relu_applied else F.relu(x)
         if self.kernel == 1:
-            y = conv1x1(F.relu(x), w, self.stride)
+            y = conv1x1(x, w, self.stride)
         else:
-            y = F.conv2d(F.relu(x), w, None, self.stride, self.kernel // 2)
+            y = F.conv2d(x, w, None, self.stride, self.kernel // 2)
         return self.norm(y, groups)
 
 
@@ -115,11 +119,12 @@ class FactorizedReduce(nn.Module):
         self.conv_b = _init_conv((c_out // 2, c_in, 1, 1))
         self.norm = Norm(c_out, affine, track)
 
-    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None,
+                relu_applied: bool = False) -> torch.Tensor:
         wa, wb = self.conv_a, self.conv_b
         if channel_index is not None:
             wa, wb = wa.index_select(1, channel_index), wb.index_select(1, channel_index)
-        x = F.relu(x)
+        x = x if relu_applied else F.relu(x)
         y = torch.cat([conv1x1(x, wa, 2), conv1x1(x[:, :, 1:, 1:], wb, 2)], dim=1)
         return self.norm(y, groups)
 
