@@ -18,6 +18,7 @@ import torch
 from .. import _ext
 from ..ops import dispatch
 from ..ops.backends import STATUS
+from ..ops.conv import relu_conv2d
 from ..ops.depthwise import relu_dwconv
 from ..ops.fused import pool_bn
 from ..ops.layers import make_op
@@ -82,6 +83,17 @@ def _dwconv_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
     return cases
 
 
+def _conv_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    """The dense conv_3x3 / conv_5x5 candidates' ReLU + convolution (conv_1x1 is the GEMM)."""
+    cases = []
+    for c, h in STAGES:
+        for k in (3, 5):
+            x, w = torch.randn(batch, c, h, h), torch.randn(c, c, k, k)
+            flops = 3 * 2 * batch * c * c * h * h * k * k   # forward, input grad, weight grad
+            cases.append((f"relu_conv2d {k}x{k} C{c} H{h}", lambda a, b: relu_conv2d(a, b, 1), [x, w], flops))
+    return cases
+
+
 def _pool_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
     cases = []
     for stride, shapes in ((1, STAGES), (2, REDUCTIONS)):
@@ -137,7 +149,7 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
     return cases
 
 
-GROUPS = {"relu_dwconv": _dwconv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
+GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
           "pool_bn": _pool_bn_cases, "modules": _module_cases}
 FUSED = {"pool_bn": "pool_bn"}   # group: the fused dispatch op it times
 

@@ -5,6 +5,7 @@ its public function; `natfast/ops/backends/` registers the fast versions (C++ CP
 with `dispatch`. `natfast info` lists what is active.
 """
 from . import dispatch
+from .conv import relu_conv2d
 from .depthwise import relu_dwconv
 from .gcn import gcn_policy_logits
 from .layers import OPERATIONS, make_op
@@ -14,7 +15,7 @@ from .pointwise import conv1x1
 from .policy_sample import masked_sample
 from .pool import pool2d
 
-__all__ = ["dispatch", "relu_dwconv", "gcn_policy_logits", "conv1x1", "group_batch_norm", "pool2d",
+__all__ = ["dispatch", "relu_dwconv", "relu_conv2d", "gcn_policy_logits", "conv1x1", "group_batch_norm", "pool2d",
            "routed_mixed_op", "masked_sample", "make_op", "OPERATIONS"]
 
 from .backends import load_all as _load_backends

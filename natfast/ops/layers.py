@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fused
+from .conv import relu_conv2d
 from .depthwise import relu_dwconv
 from .norm import group_batch_norm
 from .pointwise import conv1x1
@@ -57,11 +58,10 @@ class ReLUConvBN(nn.Module):
         """`relu_applied`: x is already relu(input) (the supernet shares one ReLU between the two
         cells that preprocess the same cell output)."""
         w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
-        x = x if relu_applied else F.relu(x)
         if self.kernel == 1:
-            y = conv1x1(x, w, self.stride)
+            y = conv1x1(x if relu_applied else F.relu(x), w, self.stride)
         else:
-            y = F.conv2d(x, w, None, self.stride, self.kernel // 2)
+            y = relu_conv2d(x, w, self.stride)   # relu_applied only comes with kernel 1 (preprocessing)
         return self.norm(y, groups)
 
 
@@ -125,7 +125,9 @@ class FactorizedReduce(nn.Module):
         if channel_index is not None:
             wa, wb = wa.index_select(1, channel_index), wb.index_select(1, channel_index)
         x = x if relu_applied else F.relu(x)
-        y = torch.cat([conv1x1(x, wa, 2), conv1x1(x[:, :, 1:, 1:], wb, 2)], dim=1)
+        # A stride-2 1x1 conv of x (or of x shifted by one pixel) only reads the even (odd) pixels:
+        # pick them once, so the backward scatters into one zero-filled gradient, not two.
+        y = torch.cat([conv1x1(x[:, :, ::2, ::2], wa), conv1x1(x[:, :, 1::2, 1::2], wb)], dim=1)
         return self.norm(y, groups)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import dispatch
@@ -127,6 +128,15 @@ class Conv1x1(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+def relu_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """oneDNN's dense convolution is faster channels-last at the supernet's narrowest width (1.6x
+    at C=20, 32x32, forward+backward, conversions included; bench/RESULTS.md); the result goes
+    back to NCHW, which the other CPU kernels take."""
+    x = F.relu(x.contiguous(memory_format=torch.channels_last))
+    w = weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, w, None, stride, weight.shape[-1] // 2).contiguous()
+
+
 def relu_dwconv_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
     return ReluDwconv.apply(x, weight, stride, dilation)
 
@@ -159,6 +169,11 @@ def _supports_relu_dwconv(x, weight, stride, dilation) -> bool:
             and stride in (1, 2) and dilation >= 1)
 
 
+def _supports_relu_conv2d(x, weight, stride=1) -> bool:
+    # Measured: 1.6x at C_in = 20, none at 40 or 80 (bench/RESULTS.md).
+    return _plain(x) and x.dtype == torch.float32 and weight.dtype == x.dtype and x.shape[1] <= 32
+
+
 def _supports_conv1x1(x, weight, stride=1) -> bool:
     return (_plain(x) and weight.dtype == x.dtype and weight.dim() == 4 and weight.shape[2:] == (1, 1)
             and weight.shape[1] == x.shape[1] and stride >= 1)
@@ -185,15 +200,16 @@ def register() -> str:
     """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
     try:
         dispatch.register("conv1x1", "cpu", conv1x1_cpu, supports=_supports_conv1x1)
+        dispatch.register("relu_conv2d", "cpu", relu_conv2d_cpu, supports=_supports_relu_conv2d)
         module, why = _ext.load()
         missing = [name for name in OPERATORS if not _ext.has_op(name)] if module is not None else []
         if module is None or missing:
             reason = why if module is None else f"the extension lacks {', '.join(missing)}"
-            return f"active: conv1x1; C++ kernels inactive: {reason}"
+            return f"active: conv1x1, relu_conv2d; C++ kernels inactive: {reason}"
         dispatch.register("relu_dwconv", "cpu", relu_dwconv_cpu, supports=_supports_relu_dwconv)
         dispatch.register("pool2d", "cpu", pool2d_cpu, supports=_supports_pool2d)
         dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
-        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1"
+        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1, relu_conv2d"
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
