@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .genotype import Family, Genotype, output_nodes
-from .ops.layers import FactorizedReduce, ReLUConvBN, make_op
+from .ops.layers import FactorizedReduce, Identity, ReLUConvBN, make_op
 from .supernet import Stem, edge_key, live_nodes, reduction_layers
 
 
@@ -57,7 +57,7 @@ class Cell(nn.Module):
                     continue
                 module = self.ops[str(j)]
                 y = module(states[f])
-                if drop_prob > 0 and self.training and not isinstance(module, nn.Identity) and op != "skip_connect":
+                if drop_prob > 0 and self.training and not isinstance(module, Identity):  # as DARTS
                     y = drop_path(y, drop_prob)
                 total = y if total is None else total + y
             states[t] = total if total is not None else s1.new_zeros(n, self.channels, h, w)
