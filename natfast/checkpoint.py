@@ -40,3 +40,11 @@ def load(path: str, expected: str = FORMAT) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is not a natfast checkpoint of the expected kind "
                               f"(format {found!r}, expected {expected!r})")
     return state
+
+
+def check_resumable(saved_config: Dict[str, Any], current_config: Dict[str, Any], keys) -> None:
+    """A run resumes only from a checkpoint made with the same model- and data-defining settings."""
+    mismatched = [k for k in keys if saved_config.get(k) != current_config.get(k)]
+    if mismatched:
+        raise CheckpointError("cannot resume: the checkpoint was made with different " + ", ".join(
+            f"{k} ({saved_config.get(k)!r} there, {current_config.get(k)!r} now)" for k in mismatched))

@@ -2,8 +2,8 @@
 transformation, or K sampled ones scored with the shared weights on the validation split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional
 
 import torch
 

@@ -21,7 +21,7 @@ from . import executor
 from .config import SearchConfig, describe, to_dict
 from .data import BatchLoader, load_cifar10, split_indices, ArrayDataset
 from .genotype import Family, Genotype, get_family
-from .policy import BasePolicy, make_policy
+from .policy import make_policy
 from .progress import Progress
 from .sampler import sample_genotype
 from .supernet import Supernet
@@ -226,11 +226,7 @@ class Searcher:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state["config"]
-        mismatched = [k for k in RESUME_KEYS if saved.get(k) != to_dict(self.cfg).get(k)]
-        if mismatched:
-            raise ckpt.CheckpointError("cannot resume: the checkpoint was made with different " + ", ".join(
-                f"{k} ({saved.get(k)!r} there, {getattr(self.cfg, k)!r} now)" for k in mismatched))
+        ckpt.check_resumable(state["config"], to_dict(self.cfg), RESUME_KEYS)
         self.supernet.load_state_dict(state["supernet"])
         self.policy.load_state_dict(state["policy"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])

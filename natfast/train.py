@@ -102,10 +102,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state["config"]
-        mismatched = [k for k in RESUME_KEYS if saved.get(k) != to_dict(self.cfg).get(k)]
-        if mismatched:
-            raise ckpt.CheckpointError("cannot resume: the checkpoint was made with different " + ", ".join(mismatched))
+        ckpt.check_resumable(state["config"], to_dict(self.cfg), RESUME_KEYS)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])

@@ -8,7 +8,6 @@ import tempfile
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
 from .. import executor
 from ..config import SearchConfig
