@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from .genotype import Family, Genotype, output_nodes
 from .ops.layers import FactorizedReduce, Identity, ReLUConvBN, make_op
-from .supernet import Stem, edge_key, live_nodes, reduction_layers
+from .supernet import Stem, check_images, edge_key, live_nodes, reduction_layers
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -107,6 +107,7 @@ class Network(nn.Module):
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        check_images(x)
         s0 = s1 = self.stem(x)
         aux = None
         for i, cell in enumerate(self.cells):

@@ -44,6 +44,13 @@ class Stem(nn.Module):
         return self.norm(self.conv(x), groups)
 
 
+def check_images(x: torch.Tensor) -> None:
+    """A clear error for input that is not a batch of RGB images (not a failure deep in a conv)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected a batch of RGB images shaped (N, 3, H, W) with H, W >= 2, got {shape}")
+
+
 def edge_key(f: int, t: int) -> str:
     return f"{f}_{t}"
 
@@ -152,6 +159,8 @@ class Supernet(nn.Module):
         """Run each lane (input index, architecture); returns each lane's logits. `concatenate`:
         batch the distinct inputs of an op into one call (default: on CUDA only)."""
         self._check_archs([g for _, g in lanes])
+        for x in inputs:
+            check_images(x)
         ctx = _RunContext(concatenate)
         stem_vals = ctx.batched(("stem",), [(("stem", i), x) for i, x in enumerate(inputs)],
                                 lambda xs, groups: self.stem(xs, groups))

@@ -151,3 +151,13 @@ def test_arch_that_does_not_fit_is_rejected():
     enas_like = sample_genotype(FAMILIES["enas"], torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="does not fit this supernet"):
         sn(torch.randn(2, 3, 8, 8, dtype=torch.float64), enas_like)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 3, 8), (3, 8, 8)])
+def test_wrong_input_shape_is_a_clear_error(shape):
+    sn = _supernet("darts", layers=2)
+    arch = sample_genotype(sn.family, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"expected a batch of RGB images shaped \(N, 3, H, W\)"):
+        sn(torch.randn(*shape, dtype=torch.float64), arch)
+    with pytest.raises(ValueError, match="expected a batch of RGB images"):
+        network_from_supernet(sn, arch)(torch.randn(*shape, dtype=torch.float64))
