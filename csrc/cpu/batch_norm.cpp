@@ -38,14 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_batch_norm_forward(const at
     for_each_plane_of(N * C, plane, [&](int64_t i) {
       kernels.sums(xp + i * plane, nullptr, plane, &s1[i], &s2[i]);
     });
-    double* mp = mean.data_ptr<double>();
-    double* rp = rstd.data_ptr<double>();
-    group_moments(s1, s2, starts, C, plane, eps, mp, rp);
-    const std::vector<int64_t> rows = stat_rows(starts, C);
-    for_each_plane_of(N * C, plane, [&](int64_t i) {
-      const int64_t j = rows[i];
-      kernels.affine(xp + i * plane, scalar_t(rp[j]), nullptr, 0, scalar_t(-mp[j] * rp[j]), yp + i * plane, plane);
-    });
+    normalize_planes(kernels, xp, yp, s1, s2, starts, C, plane, eps, mean.data_ptr<double>(), rstd.data_ptr<double>());
   });
   return {y, mean, rstd};
 }

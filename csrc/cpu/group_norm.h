@@ -8,6 +8,8 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/plane_ops.h"
+
 namespace natfast {
 namespace cpu {
 
@@ -57,6 +59,20 @@ inline void group_moments(const std::vector<double>& sum, const std::vector<doub
     mean[j] = mu;
     rstd[j] = 1.0 / std::sqrt(std::max(s2[j] / count - mu * mu, 0.0) + eps);
   }
+}
+
+// The forward's last step, shared by the BN and the fused pool+BN operators: from per-plane sums
+// s1, s2 of x, write mean and rstd per (group, channel) and y = (x - mean) * rstd for every plane.
+template <typename scalar_t, typename Kernels>
+void normalize_planes(const Kernels& kernels, const scalar_t* x, scalar_t* y, const std::vector<double>& s1,
+                      const std::vector<double>& s2, const std::vector<int64_t>& starts, int64_t C, int64_t plane,
+                      double eps, double* mean, double* rstd) {
+  group_moments(s1, s2, starts, C, plane, eps, mean, rstd);
+  const std::vector<int64_t> rows = stat_rows(starts, C);
+  for_each_plane_of(starts.back() * C, plane, [&](int64_t i) {
+    const int64_t j = rows[i];
+    kernels.affine(x + i * plane, scalar_t(rstd[j]), nullptr, 0, scalar_t(-mean[j] * rstd[j]), y + i * plane, plane);
+  });
 }
 
 // grad_x = rstd (gy - mean(gy) - xhat mean(gy xhat)) = a gy + b x + c per (group, channel), from

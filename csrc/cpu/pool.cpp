@@ -133,14 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> pool2d_bn_forward(con
       pool.forward(xp + i * g.H * g.W, pp + i * out, buffers);
       pool.kernels.sums(pp + i * out, nullptr, out, &s1[i], &s2[i]);
     });
-    double* mp = mean.data_ptr<double>();
-    double* rp = rstd.data_ptr<double>();
-    group_moments(s1, s2, starts, C, out, eps, mp, rp);
-    const std::vector<int64_t> rows = stat_rows(starts, C);
-    for_each_plane_of(N * C, out, [&](int64_t i) {
-      const int64_t j = rows[i];
-      pool.kernels.affine(pp + i * out, scalar_t(rp[j]), nullptr, 0, scalar_t(-mp[j] * rp[j]), yp + i * out, out);
-    });
+    normalize_planes(pool.kernels, pp, yp, s1, s2, starts, C, out, eps, mean.data_ptr<double>(),
+                     rstd.data_ptr<double>());
   });
   return {y, pooled, mean, rstd};
 }
