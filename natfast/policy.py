@@ -58,12 +58,16 @@ class BasePolicy(nn.Module):
         self.rule = rule
         self.register_buffer("mask", transition_mask(self.primitives, rule), persistent=False)
 
-    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:  # (B, E, P), unmasked
+    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
+        """(B, E, P) unmasked logits of every edge's target op."""
+        return self._edge_logits(*encode_cells(cells, self.primitives, self.mask.device))
+
+    def _edge_logits(self, ops: torch.Tensor, frm: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _logits_and_mask(self, cells: Sequence[Edges]) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = self.edge_logits(cells)
-        ops, _, _ = encode_cells(cells, self.primitives, logits.device)
+        ops, frm, adj = encode_cells(cells, self.primitives, self.mask.device)
+        logits = self._edge_logits(ops, frm, adj)
         return logits, self.mask[ops]                # (B, E, P) each
 
     def masked_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
@@ -137,9 +141,7 @@ class GCNPolicy(BasePolicy):
         inputs = self.input_embedding.unsqueeze(0).expand(b, -1, -1)
         return torch.cat([inputs, inter], dim=1)
 
-    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
-        device = self.w1.device
-        ops, _, adj = encode_cells(cells, self.primitives, device)
+    def _edge_logits(self, ops: torch.Tensor, frm: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         if self.adjacency == "normalized":
             adj = normalize_adjacency(adj)
         x = self.node_features(ops)
@@ -160,9 +162,7 @@ class LSTMPolicy(BasePolicy):
         self.lstm = nn.LSTM(embedding_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, len(self.primitives))
 
-    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
-        device = self.head.weight.device
-        ops, frm, _ = encode_cells(cells, self.primitives, device)
+    def _edge_logits(self, ops: torch.Tensor, frm: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(self.op_embedding(ops) + self.from_embedding(frm))
         return self.head(out)
 
@@ -174,8 +174,7 @@ class RandomPolicy(BasePolicy):
         super().__init__(primitives, rule)
         self.register_parameter("unused", None)
 
-    def edge_logits(self, cells: Sequence[Edges]) -> torch.Tensor:
-        ops, _, _ = encode_cells(cells, self.primitives, self.mask.device)
+    def _edge_logits(self, ops: torch.Tensor, frm: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         return torch.zeros(*ops.shape, len(self.primitives), device=self.mask.device)
 
 
