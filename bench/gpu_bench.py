@@ -5,7 +5,11 @@
 Measures, at the search shapes (batch 64 and 256): each fused kernel forward+backward vs eager;
 the device-to-device copy bandwidth (the memory-bound yardstick); the batched GCN policy for 1024
 cells vs one cell at a time; the full update_w step (sampled path, batch 64) vs
-`use_backend("reference")`. Writes JSON and prints a short table last. Needs a CUDA GPU.
+`use_backend("reference")`, the compiled executor, and the practical floor (a standalone network of
+the same architecture, its whole training step replayed as a CUDA graph). Every kernel is timed
+under each backend that serves it (reference = PyTorch eager, triton, cuda). Writes JSON and prints
+a short table last. Needs a CUDA GPU; `--smoke` runs the same code at tiny sizes on the CPU
+(Triton's interpreter) to check the script itself, timings meaningless.
 """
 from __future__ import annotations
 
@@ -23,16 +27,30 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's interpreter serves CPU tensors
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
 
 from natfast.ops import dispatch, gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
 from natfast.ops.mixed import routed_mixed_op  # noqa: E402
 
 DEV = "cuda"
+BACKENDS = ("reference", "triton", "cuda")
 
 
 def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of fn() measured with CUDA events."""
+    """Median milliseconds of fn() measured with CUDA events (a host timer on the CPU)."""
+    if DEV == "cpu":  # --smoke: the interpreter is slow, and these timings mean nothing anyway
+        iters, warmup = 1, 1
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -47,8 +65,12 @@ def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth() -> dict:
-    n = 256 * 2**20 // 4
+def synchronize() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(n: int = 256 * 2**20 // 4) -> dict:
     src = torch.randn(n, device=DEV)
     dst = torch.empty_like(src)
     ms = gpu_time(lambda: dst.copy_(src), iters=30)
@@ -64,6 +86,11 @@ def fwd_bwd(op: str, make, run, backend: str):
         with dispatch.use_backend("auto", **{op: backend}):
             return run(*inputs)
 
+    with dispatch.use_backend("auto", **{op: backend}):
+        tensors = [t for t in inputs if torch.is_tensor(t)]
+        used = dispatch.resolve(op, tensors[0].device.type, *_call_args(op, inputs))[0]
+    if used != backend:  # a forced backend that declines these inputs falls back: not its timing
+        raise LookupError(f"{backend} does not serve these inputs")
     out = forward()
     dy = torch.randn_like(out)
     leaves = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
@@ -74,6 +101,18 @@ def fwd_bwd(op: str, make, run, backend: str):
     with torch.no_grad():
         fwd_ms = gpu_time(forward)
     return fwd_ms, gpu_time(both)
+
+
+def _call_args(op: str, inputs: list) -> list:
+    """The arguments `run` passes to dispatch for `op` (for resolving which backend serves them)."""
+    if op == "relu_dwconv":
+        return inputs[:2] + [1, 1]
+    if op == "routed_mixed_op":
+        a, w, k, s, g = inputs
+        return [a, w, k, s, g, a if s == 1 else None, 1e-5]
+    if op == "pool2d":
+        return [inputs[0], "max", 3, 1]
+    return inputs
 
 
 def kernel_cases(batch: int):
@@ -104,96 +143,171 @@ def kernel_cases(batch: int):
 
 
 def bench_kernels(batches, bandwidth_gbps: float) -> list:
+    """One row per (case, batch): each backend's forward and forward+backward ms, and each fast
+    backend's speedup over the reference and its forward bandwidth as a fraction of the copy's."""
     rows = []
     for batch in batches:
         for name, op, make, run, nbytes in kernel_cases(batch):
             row = {"kernel": name, "batch": batch}
-            try:
-                ref_f, ref_fb = fwd_bwd(op, make, run, "reference")
-                tri_f, tri_fb = fwd_bwd(op, make, run, "triton")
-                row.update(ref_fwd_ms=ref_f, triton_fwd_ms=tri_f, ref_fwd_bwd_ms=ref_fb, triton_fwd_bwd_ms=tri_fb,
-                           speedup_fwd=ref_f / tri_f, speedup_fwd_bwd=ref_fb / tri_fb,
-                           fwd_GBps=nbytes / tri_f / 1e6, fwd_fraction_of_copy=nbytes / tri_f / 1e6 / bandwidth_gbps)
-            except Exception as exc:  # one broken case must not hide the others
-                row["error"] = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
+            for backend in BACKENDS:
+                if backend not in dispatch.registered(op):
+                    continue
+                try:
+                    f, fb = fwd_bwd(op, make, run, backend)
+                except LookupError:
+                    continue
+                except Exception as exc:  # one broken case must not hide the others
+                    row[f"{backend}_error"] = f"{type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    continue
+                row[f"{backend}_fwd_ms"], row[f"{backend}_fwd_bwd_ms"] = f, fb
+                if backend != "reference" and "reference_fwd_ms" in row:
+                    row[f"{backend}_speedup_fwd"] = row["reference_fwd_ms"] / f
+                    row[f"{backend}_speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / fb
+                    row[f"{backend}_fwd_fraction_of_copy"] = nbytes / f / 1e6 / bandwidth_gbps
             rows.append(row)
     return rows
 
 
-def bench_gcn(cells: int = 1024) -> dict:
+def bench_gcn(cells: int = 1024, loop_cells: int = 1024) -> dict:
+    """The policy's GCN (two graph convolutions + head, forward+backward) on `cells` cell graphs:
+    batched under each backend vs the reference one cell at a time (the authors' way)."""
     n, f, h, o = 6, 64, 64, 18
     adj = torch.rand(cells, n, n, device=DEV)
     x = torch.randn(cells, n, f, device=DEV, requires_grad=True)
-    params = [torch.randn(f, h, device=DEV) * 0.1, torch.zeros(h, device=DEV), torch.randn(h, h, device=DEV) * 0.1,
-              torch.zeros(h, device=DEV), torch.randn(h, o, device=DEV) * 0.1, torch.zeros(o, device=DEV)]
+    params = [torch.randn(f, h, device=DEV) * 0.1, torch.randn(h, device=DEV) * 0.1, torch.randn(h, h, device=DEV) * 0.1,
+              torch.randn(h, device=DEV) * 0.1, torch.randn(h, o, device=DEV) * 0.1, torch.randn(o, device=DEV) * 0.1]
     params = [p.requires_grad_() for p in params]
-
-    def batched():
-        with dispatch.use_backend("auto", gcn_policy_logits="triton"):
-            out = gcn_policy_logits(adj, x, *params)
-        out.sum().backward()
+    result = {"cells": cells}
 
     def one_at_a_time():
         with dispatch.use_backend("reference"):
-            for i in range(cells):
+            for i in range(loop_cells):
                 gcn_policy_logits(adj[i], x[i], *params).sum().backward()
 
-    batched_ms = gpu_time(batched)
-    loop_ms = gpu_time(one_at_a_time, iters=2, warmup=1)
+    loop_ms = gpu_time(one_at_a_time, iters=2, warmup=1) * cells / loop_cells
+    result["one_cell_at_a_time_ms"] = loop_ms
+    for backend in BACKENDS:
+        if backend not in dispatch.registered("gcn_policy_logits"):
+            continue
+        with dispatch.use_backend("auto", gcn_policy_logits=backend):
+            if dispatch.resolve("gcn_policy_logits", adj.device.type, adj, x, *params)[0] != backend:
+                continue
 
-    def batched_reference():
-        with dispatch.use_backend("reference"):
-            out = gcn_policy_logits(adj, x, *params)
-        out.sum().backward()
+        def batched(backend=backend):
+            with dispatch.use_backend("auto", gcn_policy_logits=backend):
+                out = gcn_policy_logits(adj, x, *params)
+            out.sum().backward()
+        try:
+            ms = gpu_time(batched)
+        except Exception as exc:
+            traceback.print_exc()
+            result[f"batched_{backend}_error"] = f"{type(exc).__name__}: {exc}"
+            continue
+        result[f"batched_{backend}_ms"] = ms
+        result[f"batched_{backend}_speedup_vs_one_at_a_time"] = loop_ms / ms
+    return result
 
-    return {"cells": cells, "batched_triton_ms": batched_ms, "one_cell_at_a_time_ms": loop_ms,
-            "batched_reference_ms": gpu_time(batched_reference), "speedup_vs_one_at_a_time": loop_ms / batched_ms}
+
+def _fixed_network_graph_ms(genotype, family, batch: int, x, y, channels: int, layers: int) -> float:
+    """The practical floor: a standalone network of `genotype` (same widths), its whole training
+    step (forward, loss, backward, clipping, SGD) captured once as a CUDA graph and replayed."""
+    from natfast.network import Network
+
+    net = Network(genotype, family, channels=channels, layers=layers).to(DEV)
+    opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.9, weight_decay=3e-4)
+    params = list(net.parameters())
+
+    def step():
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture stream (momentum buffers get made here)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=False)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=False)
+    with torch.cuda.graph(graph):
+        step()
+    return gpu_time(graph.replay)
 
 
-def bench_update_w(batch: int = 64, steps: int = 6) -> dict:
+def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: int = 8) -> dict:
+    """The supernet's training step (sampled path, forward+backward+clip+SGD) under the default
+    backends, the reference path and the compiled executor; the first sampled architecture alone
+    too, against the CUDA-graph floor of a standalone network of that architecture."""
+    from natfast import executor
     from natfast.genotype import get_family
     from natfast.sampler import sample_genotype
     from natfast.supernet import Supernet
 
     family = get_family("darts")
     torch.manual_seed(0)
-    net = Supernet(family, 20, 8).to(DEV)
+    net = Supernet(family, channels, layers).to(DEV)
     opt = torch.optim.SGD(net.parameters(), 0.01, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(batch, 3, 32, 32, device=DEV)
     y = torch.randint(0, 10, (batch,), device=DEV)
     archs = [sample_genotype(family, torch.Generator().manual_seed(i)) for i in range(steps)]
 
-    def run(backend: str) -> float:
-        def step(arch):
-            with dispatch.use_backend(backend):
-                loss = F.cross_entropy(net(x, arch), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-        step(archs[0])  # warm-up (Triton compiles here)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for arch in archs:
-            step(arch)
-        torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000 / len(archs)
+    def step(arch, backend: str, use_executor: bool):
+        with dispatch.use_backend(backend):
+            logits = executor.forward(net, x, arch) if use_executor else net(x, arch)
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
 
-    fast_ms, ref_ms = run("auto"), run("reference")
-    return {"batch": batch, "steps": steps, "auto_ms": fast_ms, "reference_ms": ref_ms, "speedup": ref_ms / fast_ms}
+    def ms_per_step(backend: str, arch_list, use_executor: bool = False) -> float:
+        step(arch_list[0], backend, use_executor)  # warm-up (Triton compiles here)
+        synchronize()
+        start = time.perf_counter()
+        for arch in arch_list:
+            step(arch, backend, use_executor)
+        synchronize()
+        return (time.perf_counter() - start) * 1000 / len(arch_list)
+
+    result = {"batch": batch, "steps": steps, "channels": channels, "layers": layers}
+    result["auto_ms"], result["reference_ms"] = ms_per_step("auto", archs), ms_per_step("reference", archs)
+    result["speedup"] = result["reference_ms"] / result["auto_ms"]
+    if executor.available():
+        result["executor_ms"] = ms_per_step("auto", archs, use_executor=True)
+        result["executor_speedup"] = result["reference_ms"] / result["executor_ms"]
+    fixed = [archs[0]] * steps
+    result["one_arch_auto_ms"] = ms_per_step("auto", fixed)
+    result["one_arch_reference_ms"] = ms_per_step("reference", fixed)
+    if DEV == "cuda":
+        try:
+            floor = _fixed_network_graph_ms(archs[0], family, batch, x, y, channels, layers)
+            result["one_arch_fixed_network_cuda_graph_ms"] = floor
+            result["one_arch_auto_over_floor"] = result["one_arch_auto_ms"] / floor
+        except Exception as exc:
+            traceback.print_exc()
+            result["fixed_network_error"] = f"{type(exc).__name__}: {exc}"
+    return result
 
 
 def table(results: dict) -> str:
     lines = [f"GPU check: {results['device']}, torch {results['torch']}, triton {results['triton']}",
-             f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s"]
-    lines.append(f"{'kernel':44s} {'batch':>5s} {'fwd x':>6s} {'f+b x':>6s} {'%copy':>6s}")
+             f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s",
+             "speedups over PyTorch eager (x) and forward bandwidth as % of the copy's, per backend"]
+    lines.append(f"{'kernel':40s} {'batch':>5s} {'tri fwd':>7s} {'tri f+b':>7s} {'%copy':>5s} "
+                 f"{'cu fwd':>7s} {'cu f+b':>7s} {'%copy':>5s}")
     for r in results["kernels"]:
-        if "error" in r:
-            lines.append(f"{r['kernel']:44s} {r['batch']:5d} ERROR {r['error'][:40]}")
-        else:
-            lines.append(f"{r['kernel']:44s} {r['batch']:5d} {r['speedup_fwd']:6.2f} {r['speedup_fwd_bwd']:6.2f} "
-                         f"{100 * r['fwd_fraction_of_copy']:5.0f}%")
+        cols = []
+        for b in ("triton", "cuda"):
+            if f"{b}_speedup_fwd" in r:
+                cols.append(f"{r[f'{b}_speedup_fwd']:7.2f} {r[f'{b}_speedup_fwd_bwd']:7.2f} "
+                            f"{100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
+            else:
+                cols.append(f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s}")
+        lines.append(f"{r['kernel']:40s} {r['batch']:5d} {cols[0]} {cols[1]}")
     for key in ("gcn", "update_w"):
         lines.append(f"{key}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                                               for k, v in results[key].items()}))
@@ -201,22 +315,30 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
+    global DEV
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_bench.json or ./gpu_results/)")
     parser.add_argument("--quick", action="store_true", help="batch 64 only")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (Triton interpreter): checks the script")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_bench: no CUDA GPU")
+    if args.smoke:
+        DEV = "cpu"
+    elif not torch.cuda.is_available():
+        sys.exit("gpu_bench: no CUDA GPU (use --smoke to check the script on the CPU)")
     import triton
 
     out = Path(args.out or Path(os.environ.get("OUT") or "gpu_results") / "gpu_bench.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "device": torch.cuda.get_device_name(),
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "device": torch.cuda.get_device_name() if DEV == "cuda" else f"cpu (smoke: {platform.processor()})",
                "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
                "backends": load_all()}
-    results["copy"] = copy_bandwidth()
-    results["kernels"] = bench_kernels([64] if args.quick else [64, 256], results["copy"]["GBps"])
-    for key, fn in (("gcn", bench_gcn), ("update_w", bench_update_w)):
+    results["copy"] = copy_bandwidth(2**16 if args.smoke else 256 * 2**20 // 4)
+    batches = [4] if args.smoke else [64] if args.quick else [64, 256]
+    results["kernels"] = bench_kernels(batches, results["copy"]["GBps"])
+    jobs = (("gcn", lambda: bench_gcn(8, 2) if args.smoke else bench_gcn()),
+            ("update_w", lambda: bench_update_w(4, 2, 4, 5) if args.smoke else bench_update_w()))
+    for key, fn in jobs:
         try:
             results[key] = fn()
         except Exception as exc:

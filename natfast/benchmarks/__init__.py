@@ -8,13 +8,23 @@ import time
 from typing import Callable, Dict, List
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work, so a host timer measures the kernels, not their launches."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     times: List[float] = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()
         times.append((time.perf_counter() - start) * 1000)
     return round(statistics.median(times), 3)
 
