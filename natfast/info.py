@@ -12,7 +12,8 @@ from . import _ext
 from .ops import dispatch
 from .ops.backends import load_all
 
-OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "group_batch_norm", "pool2d", "pool_bn", "gcn_policy_logits", "masked_sample")
+OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "group_batch_norm", "pool2d", "pool_bn", "gcn_policy_logits",
+       "masked_sample", "bn_node_sum")
 
 
 def collect() -> Dict[str, Any]:

@@ -28,6 +28,7 @@ SIZE_OF: Dict[str, Callable[..., int]] = {
     "group_batch_norm": lambda x, *args, **kwargs: x.numel(),
     "conv1x1": lambda x, *args, **kwargs: x.numel(),
     "gcn_policy_logits": lambda adj, *args, **kwargs: adj.shape[0],
+    "bn_node_sum": lambda inputs, *args, **kwargs: inputs[0].numel(),
 }
 
 # No GPU measurement has been recorded yet: every op uses DEFAULT_PREFERENCE.

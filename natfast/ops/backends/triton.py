@@ -232,6 +232,42 @@ def _routed_mixed_op_supported(x, weights, kernel=3, stride=1, groups=None, skip
             and weights.dtype in FLOAT_TYPES and _served(x) and (skip is None or _served(x, skip)))
 
 
+# ----------------------------------------------------------------------------- bn_node_sum
+class _BNNodeSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, groups, with_relu, *tensors):
+        """`tensors`: the k inputs, then their k means, then their k rstds."""
+        k = len(tensors) // 3
+        xs, means, rstds = ([t.contiguous() for t in tensors[i * k:(i + 1) * k]] for i in range(3))
+        out, relu_out = load_kernels().node_sum.forward(xs, means, rstds, groups, with_relu)
+        ctx.save_for_backward(*xs, *means, *rstds, *((out,) if with_relu else ()))
+        ctx.meta = (k, groups, with_relu)
+        ctx.set_materialize_grads(False)  # an unused output (often relu_out) costs no zero tensor
+        return (out, relu_out) if with_relu else out
+
+    @staticmethod
+    def backward(ctx, d_out, d_relu=None):
+        k, groups, with_relu = ctx.meta
+        saved = ctx.saved_tensors
+        if d_out is None and d_relu is None:
+            return (None,) * (2 + 3 * k)
+        dxs, d_means, d_rstds = load_kernels().node_sum.backward(
+            None if d_out is None else d_out.contiguous(), None if d_relu is None else d_relu.contiguous(),
+            saved[3 * k] if with_relu else None, saved[:k], saved[k:2 * k], saved[2 * k:3 * k], groups)
+        return (None, None, *dxs, *d_means, *d_rstds)
+
+
+def bn_node_sum(inputs, means, rstds, groups=None, with_relu=False):
+    groups = tuple(groups) if groups is not None else (inputs[0].shape[0],)
+    return _BNNodeSum.apply(groups, with_relu, *inputs, *means, *rstds)
+
+
+def _bn_node_sum_supported(inputs, means, rstds, groups=None, with_relu=False) -> bool:
+    tensors = (*inputs, *means, *rstds)
+    return (inputs[0].dim() == 4 and inputs[0].numel() > 0 and all(t.dtype == inputs[0].dtype for t in tensors)
+            and _served(*tensors))
+
+
 OPS = {
     "relu_dwconv": (relu_dwconv, _relu_dwconv_supported),
     "pool2d": (pool2d, _pool2d_supported),
@@ -239,6 +275,7 @@ OPS = {
     "gcn_policy_logits": (gcn_policy_logits, _gcn_supported),
     "masked_sample": (masked_sample, _masked_sample_supported),
     "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_supported),
+    "bn_node_sum": (bn_node_sum, _bn_node_sum_supported),
 }
 
 
@@ -253,7 +290,7 @@ def register() -> str:
         load_kernels()
     except Exception as exc:  # a missing or incompatible Triton must never break `import natfast`
         return f"inactive: the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
-    from .. import mixed, policy_sample  # noqa: F401  (they register the references of their ops)
+    from .. import mixed, node_sum, policy_sample  # noqa: F401  (they register the references of their ops)
 
     for op, (fn, supported) in OPS.items():
         dispatch.register(op, "triton", fn, supported)
