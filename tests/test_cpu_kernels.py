@@ -1,5 +1,6 @@
 """The CPU backend (csrc/cpu kernels and the GEMM-based 1x1 convolution) against the reference path,
-forward and backward: fused ReLU + depthwise conv, max/avg pooling, per-group BN, 1x1 convolution;
+forward and backward: fused ReLU + depthwise conv, max/avg pooling, per-group BN, 1x1 convolution,
+1x1 convolution + BN (with BLAS and with natfast's own GEMM);
 gradcheck in float64; the portable (non-AVX2) build; a few supernet training steps fast vs
 reference."""
 import os
@@ -16,7 +17,7 @@ from natfast.genotype import get_family
 from natfast.ops import dispatch
 from natfast.ops.backends import cpu as cpu_backend
 from natfast.ops.depthwise import relu_dwconv_reference
-from natfast.ops.fused import pool_bn_reference
+from natfast.ops.fused import conv1x1_bn_reference, pool_bn_reference
 from natfast.ops.norm import group_batch_norm_reference
 from natfast.ops.pointwise import conv1x1_reference
 from natfast.ops.pool import pool2d_reference
@@ -223,6 +224,7 @@ def test_dispatch_picks_the_kernels_and_can_be_switched_off():
     assert dispatch.resolve("group_batch_norm", "cpu", x, (1, 1), 1e-5)[0] == "cpu"
     assert dispatch.resolve("conv1x1", "cpu", x, torch.randn(4, 3, 1, 1), 2)[0] == "cpu"
     assert dispatch.resolve("pool_bn", "cpu", x, "max", 3, 1, None, 1e-5)[0] == "cpu"
+    assert dispatch.resolve("conv1x1_bn", "cpu", x, torch.randn(4, 3, 1, 1), None, 1e-5, True)[0] == "cpu"
     with dispatch.use_backend("reference"):
         assert dispatch.resolve("relu_dwconv", "cpu", x, w, 1, 1)[0] == "reference"
     # What the kernels do not handle goes to the reference.
@@ -235,6 +237,7 @@ _PORTABLE_CHECK = """
 import torch
 from natfast.ops.backends import cpu
 from natfast.ops.depthwise import relu_dwconv_reference
+from natfast.ops.fused import conv1x1_bn_reference
 from natfast.ops.pool import pool2d_reference
 torch.manual_seed(0)
 x = torch.randn(2, 3, 13, 11)
@@ -243,6 +246,9 @@ for s in (1, 2):
     torch.testing.assert_close(cpu.relu_dwconv_cpu(x, w, s, 2), relu_dwconv_reference(x, w, s, 2), rtol=1e-4, atol=1e-4)
     for kind in ("max", "avg"):
         torch.testing.assert_close(cpu.pool2d_cpu(x, kind, 3, s), pool2d_reference(x, kind, 3, s), rtol=1e-4, atol=1e-4)
+w = torch.randn(20, 3, 1, 1)  # natfast's own GEMM (no BLAS), portable build
+torch.testing.assert_close(cpu.conv1x1_bn_cpu(x, w, (1, 1), 1e-5, True), conv1x1_bn_reference(x, w, (1, 1), 1e-5, True),
+                           rtol=1e-4, atol=1e-4)
 print("portable ok")
 """
 
@@ -250,7 +256,7 @@ print("portable ok")
 @needs_kernels
 def test_portable_kernels_in_float32():
     # The instruction set is chosen once per process: check the non-AVX2 build in a fresh one.
-    env = dict(os.environ, NATFAST_CPU_CAPABILITY="portable")
+    env = dict(os.environ, NATFAST_CPU_CAPABILITY="portable", NATFAST_CPU_BLAS="0")
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", _PORTABLE_CHECK], env=env, capture_output=True, text=True,
@@ -315,3 +321,73 @@ def test_relu_conv2d_channels_last_matches_reference(c_in, c_out, k, stride, h):
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-3)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu_input", [False, True])
+@pytest.mark.parametrize("groups", [None, (2, 1, 3)])
+@pytest.mark.parametrize("blas", ["1", "0"])  # the process's BLAS, and natfast's own GEMM kernel
+def test_conv1x1_bn_equals_reference(dtype, relu_input, groups, blas, monkeypatch):
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    gen = torch.Generator().manual_seed(11)
+    # (C_in, C_out, H, W): planes narrower than a vector, odd sizes, more outputs than inputs,
+    # more than one panel of columns and a tail, and the preprocessing's 4C -> C.
+    for c_in, c_out, h, w in [(5, 7, 3, 3), (13, 6, 9, 7), (8, 20, 5, 6), (32, 8, 4, 9)]:
+        x = _random((6, c_in, h, w), dtype, gen) + 0.2
+        weight = _random((c_out, c_in, 1, 1), dtype, gen)
+        ref_fn = lambda a, b: conv1x1_bn_reference(a, b, groups, 1e-5, relu_input)
+        with dispatch.use_backend("reference"):
+            g = _random((6, c_out, h, w), dtype, gen)
+            ref = _run(ref_fn, [x, weight], g)
+        fast = _run(lambda a, b: cpu_backend.conv1x1_bn_cpu(a, b, groups, 1e-5, relu_input), [x, weight], g)
+        _assert_same(fast, ref, dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_conv1x1_bn_non_contiguous_and_batch_of_one(layout):
+    gen = torch.Generator().manual_seed(12)
+    for n in (1, 3):
+        x = _random((n, 6, 7, 5), torch.float32, gen)
+        weight = _random((4, 6, 1, 1), torch.float32, gen)
+        g = _random((n, 4, 7, 5), torch.float32, gen)
+        with dispatch.use_backend("reference"):
+            ref = _run(lambda a, b: conv1x1_bn_reference(_layout(a, layout), b, None, 1e-5, True), [x, weight], g)
+        fast = _run(lambda a, b: cpu_backend.conv1x1_bn_cpu(_layout(a, layout), b, None, 1e-5, True), [x, weight], g)
+        _assert_same(fast, ref, torch.float32)
+
+
+@needs_kernels
+@pytest.mark.parametrize("blas", ["1", "0"])
+def test_conv1x1_bn_gradcheck_and_deterministic_weight_gradient(blas, monkeypatch):
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    gen = torch.Generator().manual_seed(13)
+    x = (_random((3, 4, 5, 3), torch.float64, gen) + 0.1).requires_grad_()
+    w = _random((5, 4, 1, 1), torch.float64, gen).requires_grad_()
+    for relu_input in (False, True):
+        assert torch.autograd.gradcheck(lambda a, b: cpu_backend.conv1x1_bn_cpu(a, b, (1, 2), 1e-5, relu_input), (x, w))
+    x32, w32 = _random((16, 12, 8, 8), torch.float32, gen), _random((10, 12, 1, 1), torch.float32, gen)
+    g = _random((16, 10, 8, 8), torch.float32, gen)
+    y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward(x32, w32, [], 1e-5, True)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.natfast.cpu_conv1x1_bn_backward(g, x32, w32, y, rstd, [], True)[1])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+@needs_kernels
+def test_conv1x1_bn_bad_input_is_a_clear_error():
+    from natfast.ops.fused import conv1x1_bn
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="weight"):
+        conv1x1_bn(x, torch.randn(5, 4, 1, 1))
+    with pytest.raises(ValueError, match="add up"):
+        conv1x1_bn(x, torch.randn(5, 3, 1, 1), groups=(1, 2))
+    with pytest.raises(RuntimeError, match="weight must be"):
+        torch.ops.natfast.cpu_conv1x1_bn_forward(x, torch.randn(5, 4, 1, 1), [], 1e-5, False)

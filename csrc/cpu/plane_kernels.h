@@ -37,6 +37,9 @@ PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t k, int64_t stride, in
 //   G: the padded output gradient (one phase, outputs at (pad, pad)); A: the same for the max
 //      pooling's winner map. Must be zero before the first call; calls only rewrite the outputs'
 //      region, so the border stays zero.
+// Scratch elements matmul needs for an inner dimension K: one packed panel of 2 vectors of columns.
+constexpr int64_t matmul_panel_size(int64_t K) { return K * 2 * kMaxVector; }
+
 template <typename T>
 struct PlaneKernels {
   // y (Ho x Wo) = depthwise conv of relu(x) (H x W) with the k x k window w.
@@ -53,6 +56,11 @@ struct PlaneKernels {
   void (*sums)(const T* u, const T* v, int64_t n, double* s1, double* s2);
   // out = a u + b v + c (v == nullptr: out = a u + c).
   void (*affine)(const T* u, T a, const T* v, T b, T c, T* out, int64_t n);
+  // The GEMM of a 1x1 convolution on one sample (row-major, row strides lda, ldb, ldc):
+  // C (M x P) = A (M x K) . B, B being K x P, or P x K given transposed (b_transposed).
+  // panel: scratch of matmul_panel_size(K) elements.
+  void (*matmul)(const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, T* C, int64_t ldc, int64_t M,
+                 int64_t K, int64_t P, T* panel);
 };
 
 namespace avx2 {

@@ -20,7 +20,7 @@ from ..ops import dispatch
 from ..ops.backends import STATUS
 from ..ops.conv import relu_conv2d
 from ..ops.depthwise import relu_dwconv
-from ..ops.fused import pool_bn
+from ..ops.fused import conv1x1_bn, pool_bn
 from ..ops.layers import make_op
 from ..ops.norm import group_batch_norm
 from ..ops.pool import pool2d
@@ -129,6 +129,18 @@ def _pool_bn_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], 
     return cases
 
 
+def _conv1x1_bn_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    """The pointwise half of sep/dil convs (C -> C) and the cell preprocessing (ReLU, 4C -> C)."""
+    cases = []
+    for c, h in STAGES:
+        for c_in, relu in ((c, False), (4 * c, True)):
+            x, w = torch.randn(batch, c_in, h, h), torch.randn(c, c_in, 1, 1)
+            flops = 3 * 2 * batch * c * c_in * h * h + 9 * batch * c * h * h   # 3 GEMMs + BN
+            cases.append((f"conv1x1_bn{' relu' if relu else ''} C{c_in}->{c} H{h}",
+                          lambda a, b, r=relu: conv1x1_bn(a, b, None, relu_input=r), [x, w], flops))
+    return cases
+
+
 def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
     """The supernet's op modules (BN affine=False with batch statistics; pooling followed by BN)."""
     cases = []
@@ -150,8 +162,8 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
 
 
 GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
-          "pool_bn": _pool_bn_cases, "modules": _module_cases}
-FUSED = {"pool_bn": "pool_bn"}   # group: the fused dispatch op it times
+          "pool_bn": _pool_bn_cases, "conv1x1_bn": _conv1x1_bn_cases, "modules": _module_cases}
+FUSED = {"pool_bn": "pool_bn", "conv1x1_bn": "conv1x1_bn"}   # group: the fused dispatch op it times
 
 
 def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups: Optional[Sequence[str]] = None,

@@ -1,17 +1,21 @@
 """Fused operations: one dispatch op for a sequence of ops that a backend runs in one pass.
 
-`pool_bn`: pool2d followed by the supernet's per-group BN (the `Pool` module with BN). Its
-reference is the two dispatched ops in sequence, so a backend without the fused kernel still gets
-its own pool2d and group_batch_norm (and use_backend("reference") gets plain PyTorch).
+`pool_bn`: pool2d followed by the supernet's per-group BN (the `Pool` module with BN).
+`conv1x1_bn`: a stride-1 1x1 convolution (of relu(x) with relu_input) followed by that BN: the
+end of sep_conv/dil_conv and the cell preprocessing.
+Each reference is the dispatched ops in sequence, so a backend without the fused kernel still gets
+its own unfused kernels (and use_backend("reference") gets plain PyTorch).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from . import dispatch
 from .norm import EPS, group_batch_norm
+from .pointwise import conv1x1
 from .pool import pool2d
 
 
@@ -31,3 +35,22 @@ def pool_bn(x: torch.Tensor, kind: str, kernel: int = 3, stride: int = 1, groups
     if groups is not None and sum(groups) != x.shape[0]:
         raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {x.shape[0]}")
     return dispatch.call("pool_bn", x, kind, kernel, stride, tuple(groups) if groups is not None else None, eps)
+
+
+def conv1x1_bn_reference(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[int]], eps: float = EPS,
+                         relu_input: bool = False) -> torch.Tensor:
+    return group_batch_norm(conv1x1(F.relu(x) if relu_input else x, weight), groups, eps)
+
+
+dispatch.register("conv1x1_bn", "reference", conv1x1_bn_reference)
+
+
+def conv1x1_bn(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[int]] = None, eps: float = EPS,
+               relu_input: bool = False) -> torch.Tensor:
+    """group_batch_norm(conv1x1(relu(x) if relu_input else x, weight), groups, eps), stride 1."""
+    if x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[1:]) != (x.shape[1], 1, 1):
+        raise ValueError(f"conv1x1_bn needs an (N, C, H, W) input and a (C_out, C, 1, 1) weight, got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if groups is not None and sum(groups) != x.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {x.shape[0]}")
+    return dispatch.call("conv1x1_bn", x, weight, tuple(groups) if groups is not None else None, eps, relu_input)

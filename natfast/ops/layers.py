@@ -58,6 +58,8 @@ class ReLUConvBN(nn.Module):
         """`relu_applied`: x is already relu(input) (the supernet shares one ReLU between the two
         cells that preprocess the same cell output)."""
         w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
+        if self.kernel == 1 and self.stride == 1 and self.norm.searching:
+            return fused.conv1x1_bn(x, w, groups, relu_input=not relu_applied)
         if self.kernel == 1:
             y = conv1x1(x if relu_applied else F.relu(x), w, self.stride)
         else:
@@ -77,6 +79,8 @@ class DilConv(nn.Module):
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
         y = relu_dwconv(x, self.depthwise, self.stride, self.dilation)
+        if self.norm.searching:  # the supernet's BN: one fused pointwise conv + BN
+            return fused.conv1x1_bn(y, self.pointwise, groups)
         return self.norm(conv1x1(y, self.pointwise), groups)
 
 

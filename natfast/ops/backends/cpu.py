@@ -1,6 +1,6 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
-registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm` and
-`pool_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs (no compiled code: registered
+registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
+`pool_bn` and `conv1x1_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs (no compiled code: registered
 even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
@@ -22,7 +22,7 @@ from ... import _ext
 
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
-             "cpu_pool2d_bn_backward")
+             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_backward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
 
@@ -92,6 +92,26 @@ class PoolBatchNorm(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+class Conv1x1BatchNorm(torch.autograd.Function):
+    """group_batch_norm(conv1x1(relu?(x))) one sample at a time (csrc/cpu/pointwise_bn.cpp). Saves
+    x and the output (which, with affine=False, is the normalised value the backward needs): the
+    unfused ops would save x and the convolution's output."""
+
+    @staticmethod
+    def forward(ctx, x, weight, groups: Sequence[int], eps: float, relu_input: bool):
+        y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward(x, weight, list(groups), eps, relu_input)
+        ctx.save_for_backward(x, weight, y, rstd)
+        ctx.conf = (list(groups), relu_input)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight, y, rstd = ctx.saved_tensors
+        grad_x, grad_w = torch.ops.natfast.cpu_conv1x1_bn_backward(grad_y, x, weight, y, rstd, *ctx.conf)
+        return grad_x, grad_w, None, None, None
+
+
 class Conv1x1(torch.autograd.Function):
     """1x1 convolution as one batched GEMM per pass on the NCHW tensor, (Co, Ci) @ (Ci, H*W) per
     sample: MKL's sgemm at these small channel counts is several times faster than oneDNN's
@@ -158,6 +178,11 @@ def conv1x1_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch
     return Conv1x1.apply(x, weight, stride)
 
 
+def conv1x1_bn_cpu(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[int]], eps: float,
+                   relu_input: bool) -> torch.Tensor:
+    return Conv1x1BatchNorm.apply(x, weight, tuple(groups) if groups is not None else (), eps, relu_input)
+
+
 def _plain(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4
 
@@ -196,6 +221,10 @@ def _supports_pool_bn(x, kind, kernel, stride, groups, eps) -> bool:
     return (min(groups) if groups else x.shape[0]) * out > 1  # as _supports_group_batch_norm
 
 
+def _supports_conv1x1_bn(x, weight, groups, eps, relu_input) -> bool:
+    return (_plain(x) and weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * x.shape[2] * x.shape[3] > 1)
+
+
 def register() -> str:
     """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
     try:
@@ -210,6 +239,7 @@ def register() -> str:
         dispatch.register("pool2d", "cpu", pool2d_cpu, supports=_supports_pool2d)
         dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
-        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1, relu_conv2d"
+        dispatch.register("conv1x1_bn", "cpu", conv1x1_bn_cpu, supports=_supports_conv1x1_bn)
+        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, conv1x1, relu_conv2d"
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"

@@ -1,0 +1,202 @@
+// natfast::cpu_conv1x1_bn_{forward,backward}: a stride-1 1x1 convolution (optionally of relu(x))
+// followed by the supernet's BN (affine=False, batch statistics per group of consecutive samples),
+// as in the separable, dilated and preprocessing convolutions. One sample at a time per thread, so
+// what one step writes the next reads from cache:
+//   forward:  y_n = W . f(x_n) and its per-plane sums; then y normalised in place. y is also the
+//             normalised value (affine=False), so the backward needs neither mean nor the raw conv.
+//   backward: per-plane sums of g and g * y; then per sample t_n = dBN(g_n) (never written out),
+//             grad_x_n = W^T . t_n (masked by x_n > 0 under ReLU) and this sample's weight gradient
+//             t_n . f(x_n)^T, summed over samples in a fixed order (deterministic at any thread count).
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/group_norm.h"
+#include "cpu/plane_ops.h"
+
+namespace natfast {
+namespace cpu {
+namespace {
+
+// ------------------------------------------------------------------ per-sample GEMM
+// The Fortran BLAS that torch's CPU library carries (MKL or OpenBLAS export sgemm_/dgemm_) is
+// several times faster than natfast's own kernel once channels pass about 40; it is looked up at
+// run time, so a torch without it still works (on the PlaneKernels matmul). NATFAST_CPU_BLAS=0
+// forces natfast's kernel (tests cover both).
+template <typename T>
+using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
+                             const int*, const T*, const int*, const T*, T*, const int*);
+
+template <typename T>
+FortranGemm<T> find_blas() {
+  const char* name = std::is_same<T, float>::value ? "sgemm_" : "dgemm_";
+  void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  void* fn = torch_cpu != nullptr ? dlsym(torch_cpu, name) : nullptr;
+  if (fn == nullptr) fn = dlsym(RTLD_DEFAULT, name);
+  return reinterpret_cast<FortranGemm<T>>(fn);
+}
+
+// The BLAS gemm, or nullptr where there is none or NATFAST_CPU_BLAS=0 (read on every call, so a
+// test can switch it).
+template <typename T>
+FortranGemm<T> blas() {
+  static const FortranGemm<T> found = find_blas<T>();
+  const char* off = std::getenv("NATFAST_CPU_BLAS");
+  return off != nullptr && std::strcmp(off, "0") == 0 ? nullptr : found;
+}
+
+// C (M x P) = A (M x K) . B, row-major; B is K x P, or P x K when b_transposed. (ReLU and masks
+// are the caller's: BLAS has neither.)
+template <typename T>
+void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, T* C,
+          int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
+  if (const FortranGemm<T> f = blas<T>()) {
+    // Column-major view: C^T (P x M) = op(B)^T (P x K) . A^T (K x M).
+    const int m = int(P), n = int(M), k = int(K), ib = int(ldb), ia = int(lda), ic = int(ldc);
+    const T one = 1, zero = 0;
+    f(b_transposed ? "T" : "N", "N", &m, &n, &k, &one, B, &ib, A, &ia, &zero, C, &ic);
+    return;
+  }
+  kernels.matmul(A, lda, B, ldb, b_transposed, C, ldc, M, K, P, panel);
+}
+
+// out = max(x, 0), or x itself when relu is off (then no copy).
+template <typename T>
+const T* relu_of(const T* x, int64_t n, bool relu, T* scratch) {
+  if (!relu) return x;
+  for (int64_t i = 0; i < n; ++i) scratch[i] = x[i] > T(0) ? x[i] : T(0);
+  return scratch;
+}
+
+void check_conv(const at::Tensor& x, const at::Tensor& weight, const char* op) {
+  check_planes(x, op);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == x.size(1), op,
+              ": weight must be (C_out, ", x.size(1), ", 1, 1), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ", weight.scalar_type(),
+              " differs from the input's ", x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+                                                      at::IntArrayRef groups, double eps, bool relu_input) {
+  const char* op = "cpu_conv1x1_bn_forward";
+  check_conv(x_in, weight_in, op);
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
+  const int64_t N = x.size(0), Ci = x.size(1), Co = weight.size(0), P = x.size(2) * x.size(3);
+  const std::vector<int64_t> starts = group_starts(groups, N, op);
+  const int64_t G = int64_t(starts.size()) - 1;
+  at::Tensor y = at::empty({N, Co, x.size(2), x.size(3)}, x.options());
+  at::Tensor mean = at::empty({G, Co}, x.options().dtype(at::kDouble));
+  at::Tensor rstd = at::empty({G, Co}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv1x1_bn", [&] {
+    const auto& kernels = plane_kernels<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = weight.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    std::vector<double> s1(N * Co), s2(N * Co);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> panel(matmul_panel_size(Ci)), relu_x(relu_input ? Ci * P : 0);
+      for (int64_t n = begin; n < end; ++n) {
+        scalar_t* yn = yp + n * Co * P;
+        const scalar_t* xn = relu_of(xp + n * Ci * P, Ci * P, relu_input, relu_x.data());
+        gemm(kernels, wp, Ci, xn, P, false, yn, P, Co, Ci, P, panel.data());
+        for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[n * Co + c], &s2[n * Co + c]);
+      }
+    });
+    normalize_planes(kernels, yp, yp, s1, s2, starts, Co, P, eps, mean.data_ptr<double>(), rstd.data_ptr<double>());
+  });
+  return {y, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_in, const at::Tensor& x_in,
+                                                       const at::Tensor& weight_in, const at::Tensor& y_in,
+                                                       const at::Tensor& rstd_in, at::IntArrayRef groups,
+                                                       bool relu_input) {
+  const char* op = "cpu_conv1x1_bn_backward";
+  check_conv(x_in, weight_in, op);
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), y = y_in.contiguous();
+  const int64_t N = x.size(0), Ci = x.size(1), Co = weight.size(0), P = x.size(2) * x.size(3);
+  TORCH_CHECK(y.sizes() == at::IntArrayRef({N, Co, x.size(2), x.size(3)}) && grad_y_in.sizes() == y.sizes(), op,
+              ": grad_y and y must be (N, C_out, H, W) as the forward returns y");
+  const at::Tensor grad_y = grad_y_in.to(x.scalar_type()).contiguous();
+  const std::vector<int64_t> starts = group_starts(groups, N, op);
+  const int64_t G = int64_t(starts.size()) - 1;
+  TORCH_CHECK(rstd_in.sizes() == at::IntArrayRef({G, Co}) && rstd_in.scalar_type() == at::kDouble, op,
+              ": rstd must be float64 (groups, C_out) as the forward returns it");
+  const at::Tensor rstd = rstd_in.contiguous();
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_w = at::empty_like(weight);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv1x1_bn", [&] {
+    const auto& kernels = plane_kernels<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* gp = grad_y.data_ptr<scalar_t>();
+    // dBN(g) = rstd (g - mean(g) - y mean(g y)) = a g + b y + c per (group, channel).
+    std::vector<double> sg(N * Co), sgy(N * Co);
+    for_each_plane_of(N * Co, P, [&](int64_t i) { kernels.sums(gp + i * P, yp + i * P, P, &sg[i], &sgy[i]); });
+    const std::vector<double> tg = group_totals(sg, starts, Co), tgy = group_totals(sgy, starts, Co);
+    std::vector<scalar_t> a(G * Co), b(G * Co), c(G * Co);
+    const double* r = rstd.data_ptr<double>();
+    for (int64_t j = 0; j < G * Co; ++j) {
+      const double count = double((starts[j / Co + 1] - starts[j / Co]) * P);
+      a[j] = scalar_t(r[j]);
+      b[j] = scalar_t(-r[j] * tgy[j] / count);
+      c[j] = scalar_t(-r[j] * tg[j] / count);
+    }
+    const std::vector<int64_t> rows = stat_rows(starts, Co);
+    // W^T, so grad_x's GEMM reads its rows contiguously like the forward's.
+    const at::Tensor wt = weight.view({Co, Ci}).t().contiguous();
+    const scalar_t* wtp = wt.data_ptr<scalar_t>();
+    std::vector<scalar_t> per_sample_w(N * Co * Ci, scalar_t(0));
+    scalar_t* gxp = grad_x.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> t(Co * P), panel(matmul_panel_size(std::max(Co, P))), relu_x(relu_input ? Ci * P : 0);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t co = 0; co < Co; ++co) {
+          const int64_t i = n * Co + co, j = rows[i];
+          kernels.affine(gp + i * P, a[j], yp + i * P, b[j], c[j], t.data() + co * P, P);
+        }
+        const scalar_t* xn = xp + n * Ci * P;
+        scalar_t* gxn = gxp + n * Ci * P;
+        gemm(kernels, wtp, Co, t.data(), P, false, gxn, P, Ci, Co, P, panel.data());
+        if (relu_input)  // through the ReLU: no gradient where x <= 0
+          for (int64_t i = 0; i < Ci * P; ++i) gxn[i] = xn[i] > scalar_t(0) ? gxn[i] : scalar_t(0);
+        // (Co x Ci) = t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
+        gemm(kernels, t.data(), P, relu_of(xn, Ci * P, relu_input, relu_x.data()), P, true,
+             per_sample_w.data() + n * Co * Ci, Ci, Co, P, Ci, panel.data());
+      }
+    });
+    scalar_t* gwp = grad_w.data_ptr<scalar_t>();
+    at::parallel_for(0, Co * Ci, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        scalar_t total = 0;
+        for (int64_t n = 0; n < N; ++n) total += per_sample_w[n * Co * Ci + e];
+        gwp[e] = total;
+      }
+    });
+  });
+  return {grad_x, grad_w};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace natfast
+
+TORCH_LIBRARY_FRAGMENT(natfast, m) {
+  // (y, rstd): y = BN(conv1x1(relu(x) if relu_input else x, weight)), BN without affine parameters
+  // with batch statistics per group of consecutive samples (groups: sizes adding up to N; empty:
+  // one group); rstd is float64 (groups, C_out). Stride 1.
+  m.def("cpu_conv1x1_bn_forward(Tensor x, Tensor weight, int[] groups, float eps, bool relu_input) -> (Tensor, Tensor)");
+  // (grad_x, grad_weight) given the forward's x, weight, y and rstd.
+  m.def(
+      "cpu_conv1x1_bn_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor y, Tensor rstd, int[] groups, "
+      "bool relu_input) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(natfast, CPU, m) {
+  m.impl("cpu_conv1x1_bn_forward", &natfast::cpu::conv1x1_bn_forward);
+  m.impl("cpu_conv1x1_bn_backward", &natfast::cpu::conv1x1_bn_backward);
+}
