@@ -326,21 +326,23 @@ def test_relu_conv2d_channels_last_matches_reference(c_in, c_out, k, stride, h):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relu_input", [False, True])
-@pytest.mark.parametrize("groups", [None, (2, 1, 3)])
+@pytest.mark.parametrize("groups", [None, "three"])
 @pytest.mark.parametrize("blas", ["1", "0"])  # the process's BLAS, and natfast's own GEMM kernel
 def test_conv1x1_bn_equals_reference(dtype, relu_input, groups, blas, monkeypatch):
     monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
     gen = torch.Generator().manual_seed(11)
     # (C_in, C_out, H, W): planes narrower than a vector, odd sizes, more outputs than inputs,
     # more than one panel of columns and a tail, and the preprocessing's 4C -> C.
-    for c_in, c_out, h, w in [(5, 7, 3, 3), (13, 6, 9, 7), (8, 20, 5, 6), (32, 8, 4, 9)]:
-        x = _random((6, c_in, h, w), dtype, gen) + 0.2
+    # Batch 37: several samples per chunk of the weight gradient's partial sums, the last one short.
+    for n, c_in, c_out, h, w in [(6, 5, 7, 3, 3), (6, 13, 6, 9, 7), (6, 8, 20, 5, 6), (6, 32, 8, 4, 9), (37, 6, 5, 4, 3)]:
+        x = _random((n, c_in, h, w), dtype, gen) + 0.2
         weight = _random((c_out, c_in, 1, 1), dtype, gen)
-        ref_fn = lambda a, b: conv1x1_bn_reference(a, b, groups, 1e-5, relu_input)
+        sizes = None if groups is None else (n - 3, 1, 2)
+        ref_fn = lambda a, b: conv1x1_bn_reference(a, b, sizes, 1e-5, relu_input)
         with dispatch.use_backend("reference"):
-            g = _random((6, c_out, h, w), dtype, gen)
+            g = _random((n, c_out, h, w), dtype, gen)
             ref = _run(ref_fn, [x, weight], g)
-        fast = _run(lambda a, b: cpu_backend.conv1x1_bn_cpu(a, b, groups, 1e-5, relu_input), [x, weight], g)
+        fast = _run(lambda a, b: cpu_backend.conv1x1_bn_cpu(a, b, sizes, 1e-5, relu_input), [x, weight], g)
         _assert_same(fast, ref, dtype)
 
 

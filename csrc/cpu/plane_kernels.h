@@ -57,10 +57,10 @@ struct PlaneKernels {
   // out = a u + b v + c (v == nullptr: out = a u + c).
   void (*affine)(const T* u, T a, const T* v, T b, T c, T* out, int64_t n);
   // The GEMM of a 1x1 convolution on one sample (row-major, row strides lda, ldb, ldc):
-  // C (M x P) = A (M x K) . B, B being K x P, or P x K given transposed (b_transposed).
-  // panel: scratch of matmul_panel_size(K) elements.
-  void (*matmul)(const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, T* C, int64_t ldc, int64_t M,
-                 int64_t K, int64_t P, T* panel);
+  // C (M x P) = A (M x K) . B (C += that with accumulate), B being K x P, or P x K given
+  // transposed (b_transposed). panel: scratch of matmul_panel_size(K) elements.
+  void (*matmul)(const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, bool accumulate, T* C,
+                 int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel);
 };
 
 namespace avx2 {

@@ -411,7 +411,7 @@ void affine(const typename V::Scalar* u, typename V::Scalar a, const typename V:
 // packed into one contiguous panel; register blocks of R rows of C then run over the panel, K
 // innermost, reading it from L1.
 template <class V, int R, int NV>
-inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel,
+inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel, bool accumulate,
                          typename V::Scalar* C, int64_t ldc, int64_t K) {
   static_assert(NV * V::width <= 2 * kMaxVector, "a panel holds at most 2 vectors of columns");
   V acc[R][NV];
@@ -426,13 +426,16 @@ inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typenam
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j].store(C + r * ldc + j * V::width);
+    for (int j = 0; j < NV; ++j) {
+      typename V::Scalar* c = C + r * ldc + j * V::width;
+      (accumulate ? V::add(V::load(c), acc[r][j]) : acc[r][j]).store(c);
+    }
 }
 
 template <class V, int NV>
 inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* B, int64_t ldb,
-                           bool b_transposed, typename V::Scalar* C, int64_t ldc, int64_t M, int64_t K,
-                           typename V::Scalar* panel) {
+                           bool b_transposed, bool accumulate, typename V::Scalar* C, int64_t ldc, int64_t M,
+                           int64_t K, typename V::Scalar* panel) {
   if (b_transposed) {  // column j of B is row j of the given (columns x K) matrix
     for (int64_t j = 0; j < NV * V::width; ++j)
       for (int64_t k = 0; k < K; ++k) panel[k * NV * V::width + j] = B[j * ldb + k];
@@ -442,27 +445,29 @@ inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typen
   }
   constexpr int kRows = 6;  // 6 x 2 accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 registers
   int64_t i = 0;
-  for (; i + kRows <= M; i += kRows) matmul_block<V, kRows, NV>(A + i * lda, lda, panel, C + i * ldc, ldc, K);
-  for (; i + 2 <= M; i += 2) matmul_block<V, 2, NV>(A + i * lda, lda, panel, C + i * ldc, ldc, K);
-  for (; i < M; ++i) matmul_block<V, 1, NV>(A + i * lda, lda, panel, C + i * ldc, ldc, K);
+  for (; i + kRows <= M; i += kRows)
+    matmul_block<V, kRows, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
+  for (; i + 2 <= M; i += 2) matmul_block<V, 2, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
+  for (; i < M; ++i) matmul_block<V, 1, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
 }
 
 template <class V>
 void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* B, int64_t ldb, bool b_transposed,
-            typename V::Scalar* C, int64_t ldc, int64_t M, int64_t K, int64_t P, typename V::Scalar* panel) {
+            bool accumulate, typename V::Scalar* C, int64_t ldc, int64_t M, int64_t K, int64_t P,
+            typename V::Scalar* panel) {
   using T = typename V::Scalar;
   // Where column p of B starts, and the step from one k to the next.
   const int64_t col_step = b_transposed ? ldb : 1, k_step = b_transposed ? 1 : ldb;
   int64_t p = 0;
   for (; p + 2 * V::width <= P; p += 2 * V::width)
-    matmul_columns<V, 2>(A, lda, B + p * col_step, ldb, b_transposed, C + p, ldc, M, K, panel);
+    matmul_columns<V, 2>(A, lda, B + p * col_step, ldb, b_transposed, accumulate, C + p, ldc, M, K, panel);
   for (; p + V::width <= P; p += V::width)
-    matmul_columns<V, 1>(A, lda, B + p * col_step, ldb, b_transposed, C + p, ldc, M, K, panel);
+    matmul_columns<V, 1>(A, lda, B + p * col_step, ldb, b_transposed, accumulate, C + p, ldc, M, K, panel);
   for (; p < P; ++p)  // the last columns, fewer than a vector
     for (int64_t i = 0; i < M; ++i) {
       T s = T(0);
       for (int64_t k = 0; k < K; ++k) s += A[i * lda + k] * B[p * col_step + k * k_step];
-      C[i * ldc + p] = s;
+      C[i * ldc + p] = accumulate ? C[i * ldc + p] + s : s;
     }
 }
 

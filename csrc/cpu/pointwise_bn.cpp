@@ -6,7 +6,7 @@
 //             normalised value (affine=False), so the backward needs neither mean nor the raw conv.
 //   backward: per-plane sums of g and g * y; then per sample t_n = dBN(g_n) (never written out),
 //             grad_x_n = W^T . t_n (masked by x_n > 0 under ReLU) and this sample's weight gradient
-//             t_n . f(x_n)^T, summed over samples in a fixed order (deterministic at any thread count).
+//             t_n . f(x_n)^T, summed in a fixed order (deterministic at any thread count).
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <torch/library.h>
@@ -21,6 +21,9 @@
 namespace natfast {
 namespace cpu {
 namespace {
+
+// Samples are split into at most this many fixed chunks for the weight gradient's partial sums.
+constexpr int64_t kWeightGradChunks = 16;
 
 // ------------------------------------------------------------------ per-sample GEMM
 // The Fortran BLAS that torch's CPU library carries (MKL or OpenBLAS export sgemm_/dgemm_) is
@@ -49,19 +52,19 @@ FortranGemm<T> blas() {
   return off != nullptr && std::strcmp(off, "0") == 0 ? nullptr : found;
 }
 
-// C (M x P) = A (M x K) . B, row-major; B is K x P, or P x K when b_transposed. (ReLU and masks
-// are the caller's: BLAS has neither.)
+// C (M x P) = A (M x K) . B (or C += that, with accumulate), row-major; B is K x P, or P x K when
+// b_transposed. (ReLU and masks are the caller's: BLAS has neither.)
 template <typename T>
-void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, T* C,
-          int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
+void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed,
+          bool accumulate, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
   if (const FortranGemm<T> f = blas<T>()) {
     // Column-major view: C^T (P x M) = op(B)^T (P x K) . A^T (K x M).
     const int m = int(P), n = int(M), k = int(K), ib = int(ldb), ia = int(lda), ic = int(ldc);
-    const T one = 1, zero = 0;
-    f(b_transposed ? "T" : "N", "N", &m, &n, &k, &one, B, &ib, A, &ia, &zero, C, &ic);
+    const T one = 1, beta = accumulate ? 1 : 0;
+    f(b_transposed ? "T" : "N", "N", &m, &n, &k, &one, B, &ib, A, &ia, &beta, C, &ic);
     return;
   }
-  kernels.matmul(A, lda, B, ldb, b_transposed, C, ldc, M, K, P, panel);
+  kernels.matmul(A, lda, B, ldb, b_transposed, accumulate, C, ldc, M, K, P, panel);
 }
 
 // out = max(x, 0), or x itself when relu is off (then no copy).
@@ -102,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(const at::Tensor& x_in, co
       for (int64_t n = begin; n < end; ++n) {
         scalar_t* yn = yp + n * Co * P;
         const scalar_t* xn = relu_of(xp + n * Ci * P, Ci * P, relu_input, relu_x.data());
-        gemm(kernels, wp, Ci, xn, P, false, yn, P, Co, Ci, P, panel.data());
+        gemm(kernels, wp, Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
         for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[n * Co + c], &s2[n * Co + c]);
       }
     });
@@ -150,33 +153,37 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_
     // W^T, so grad_x's GEMM reads its rows contiguously like the forward's.
     const at::Tensor wt = weight.view({Co, Ci}).t().contiguous();
     const scalar_t* wtp = wt.data_ptr<scalar_t>();
-    std::vector<scalar_t> per_sample_w(N * Co * Ci, scalar_t(0));
+    // The weight gradient is summed per fixed chunk of samples, then over the chunks in order: the
+    // same sums in the same order at any thread count.
+    const int64_t chunks = std::min<int64_t>(N, kWeightGradChunks), chunk = (N + chunks - 1) / chunks;
+    std::vector<scalar_t> partial_w(chunks * Co * Ci);
     scalar_t* gxp = grad_x.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
       std::vector<scalar_t> t(Co * P), panel(matmul_panel_size(std::max(Co, P))), relu_x(relu_input ? Ci * P : 0);
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t co = 0; co < Co; ++co) {
-          const int64_t i = n * Co + co, j = rows[i];
-          kernels.affine(gp + i * P, a[j], yp + i * P, b[j], c[j], t.data() + co * P, P);
+      for (int64_t k = first; k < last; ++k) {
+        scalar_t* wk = partial_w.data() + k * Co * Ci;
+        for (int64_t n = k * chunk; n < std::min(N, (k + 1) * chunk); ++n) {
+          for (int64_t co = 0; co < Co; ++co) {
+            const int64_t i = n * Co + co, j = rows[i];
+            kernels.affine(gp + i * P, a[j], yp + i * P, b[j], c[j], t.data() + co * P, P);
+          }
+          const scalar_t* xn = xp + n * Ci * P;
+          scalar_t* gxn = gxp + n * Ci * P;
+          gemm(kernels, wtp, Co, t.data(), P, false, false, gxn, P, Ci, Co, P, panel.data());
+          if (relu_input)  // through the ReLU: no gradient where x <= 0
+            for (int64_t e = 0; e < Ci * P; ++e) gxn[e] = xn[e] > scalar_t(0) ? gxn[e] : scalar_t(0);
+          // (Co x Ci) += t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
+          gemm(kernels, t.data(), P, relu_of(xn, Ci * P, relu_input, relu_x.data()), P, true, n > k * chunk, wk, Ci,
+               Co, P, Ci, panel.data());
         }
-        const scalar_t* xn = xp + n * Ci * P;
-        scalar_t* gxn = gxp + n * Ci * P;
-        gemm(kernels, wtp, Co, t.data(), P, false, gxn, P, Ci, Co, P, panel.data());
-        if (relu_input)  // through the ReLU: no gradient where x <= 0
-          for (int64_t i = 0; i < Ci * P; ++i) gxn[i] = xn[i] > scalar_t(0) ? gxn[i] : scalar_t(0);
-        // (Co x Ci) = t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
-        gemm(kernels, t.data(), P, relu_of(xn, Ci * P, relu_input, relu_x.data()), P, true,
-             per_sample_w.data() + n * Co * Ci, Ci, Co, P, Ci, panel.data());
       }
     });
     scalar_t* gwp = grad_w.data_ptr<scalar_t>();
-    at::parallel_for(0, Co * Ci, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        scalar_t total = 0;
-        for (int64_t n = 0; n < N; ++n) total += per_sample_w[n * Co * Ci + e];
-        gwp[e] = total;
-      }
-    });
+    for (int64_t e = 0; e < Co * Ci; ++e) {
+      scalar_t total = 0;
+      for (int64_t k = 0; k < chunks; ++k) total += partial_w[k * Co * Ci + e];
+      gwp[e] = total;
+    }
   });
   return {grad_x, grad_w};
 }

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import dispatch
-from .. import fused  # noqa: F401  (defines the pool_bn dispatch op and its reference)
+from .. import fused  # noqa: F401  (defines the pool_bn and conv1x1_bn dispatch ops and their references)
 from ... import _ext
 
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
