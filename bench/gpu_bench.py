@@ -104,17 +104,8 @@ def fwd_bwd(op: str, make, run, backend: str):
 def backends_used(fn) -> dict:
     """{op: backend names} that dispatch picked while fn() ran (a forced backend that declines the
     inputs falls back to the reference, and then its timing would be the reference's)."""
-    used, resolve = {}, dispatch.resolve
-
-    def recording(op, *args, **kwargs):
-        name, impl = resolve(op, *args, **kwargs)
-        used.setdefault(op, set()).add(name)
-        return name, impl
-    dispatch.resolve = recording
-    try:
+    with dispatch.recording() as used:
         fn()
-    finally:
-        dispatch.resolve = resolve
     return used
 
 

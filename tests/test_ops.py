@@ -105,3 +105,18 @@ def test_forced_reference_backend_is_used():
         dispatch.call("probe_op", x)
     assert calls == ["cpu", "reference"]
     dispatch._registry.pop("probe_op")
+
+
+def test_recording_names_the_backend_that_ran():
+    dispatch.register("probe_op", "reference", lambda x: x)
+    dispatch.register("probe_op", "cpu", lambda x: x, supports=lambda x: x.dtype == torch.float32)
+    try:
+        with dispatch.recording() as used:
+            dispatch.call("probe_op", torch.randn(2))
+            with dispatch.use_backend("auto", probe_op="cpu"):
+                dispatch.call("probe_op", torch.randn(2, dtype=torch.float64))  # declined: the reference runs
+        assert used == {"probe_op": {"cpu", "reference"}}
+        dispatch.call("probe_op", torch.randn(2))   # outside the block: not recorded
+        assert used == {"probe_op": {"cpu", "reference"}}
+    finally:
+        dispatch._registry.pop("probe_op")

@@ -55,6 +55,8 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) ->
 def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float, fused_op: Optional[str] = None) -> Dict:
     """fast (auto) vs reference median of the same step, and the fast path's GFLOP/s. For a fused
     op, also the fast path with that op unfused (its reference: the fast unfused ops in sequence)."""
+    with dispatch.use_backend("auto"), dispatch.recording() as used:
+        step()
     with dispatch.use_backend("auto"):
         fast = median_ms(step, repeats, warmup=2)
     with dispatch.use_backend("reference"):
@@ -62,7 +64,9 @@ def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float,
     gflops = flops / fast / 1e6
     row = {"fast_ms": fast, "reference_ms": ref, "speedup": round(ref / fast, 2),
            "fast_gflops": round(gflops, 2), "reference_gflops": round(flops / ref / 1e6, 2),
-           "fast_fraction_of_sgemm": round(gflops / sgemm, 4)}
+           "fast_fraction_of_sgemm": round(gflops / sgemm, 4),
+           # What "fast" ran: where the fast backend declines the inputs, it is the reference too.
+           "fast_backends": {op: sorted(names) for op, names in sorted(used.items())}}
     if fused_op is not None:
         with dispatch.use_backend("auto", **{fused_op: "reference"}):
             row["unfused_fast_ms"] = median_ms(step, repeats, warmup=2)

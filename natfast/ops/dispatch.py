@@ -84,8 +84,29 @@ def use_backend(name: str = "reference", **per_op: str) -> Iterator[None]:
         stack.pop()
 
 
+@contextlib.contextmanager
+def recording() -> Iterator[Dict[str, set]]:
+    """Collect {op: backend names} of the calls resolved in this block (benchmarks use it to say
+    which backend they timed: a forced backend that declines an input runs the reference)."""
+    used: Dict[str, set] = {}
+    previous = getattr(_state, "record", None)
+    _state.record = used
+    try:
+        yield used
+    finally:
+        _state.record = previous
+
+
 def resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
     """The (backend name, function) that runs `op` for these arguments."""
+    name, fn = _resolve(op, device_type, *args, **kwargs)
+    used = getattr(_state, "record", None)
+    if used is not None:
+        used.setdefault(op, set()).add(name)
+    return name, fn
+
+
+def _resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
     impls = _registry[op]
     forced, per_op = _forced()
     wanted = per_op.get(op, forced)
