@@ -7,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+from ._malloc import keep_freed_memory
 from .config import (PRESETS, TRAIN_PRESETS, DrawConfig, SearchConfig, TrainConfig, TransformConfig,
                      add_arguments, from_arguments)
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.fn(args)
     except _user_errors() as exc:

@@ -118,6 +118,12 @@ def live_nodes(edges, outputs: Sequence[int]) -> set:
 
 
 class Supernet(nn.Module):
+    # Distinct architectures run through the cells together when the engine does not concatenate
+    # (on a CPU): all of them at once hold every one's activations at the same time (20 lanes of
+    # the 4 x 4 policy step: 3 GB, and the page faults of fresh memory cost more than sharing
+    # saves); a few at a time keep the working set small.
+    LANES_AT_ONCE = 4
+
     def __init__(self, family: Family, channels: int = 20, layers: int = 8, num_classes: int = 10,
                  stem_multiplier: int = 3):
         super().__init__()
@@ -155,19 +161,38 @@ class Supernet(nn.Module):
 
     # ----------------------------------------------------------------- engine
     def run(self, inputs: Sequence[torch.Tensor], lanes: Sequence[Tuple[int, Genotype]],
-            concatenate: Optional[bool] = None) -> List[torch.Tensor]:
+            concatenate: Optional[bool] = None, lanes_at_once: Optional[int] = None) -> List[torch.Tensor]:
         """Run each lane (input index, architecture); returns each lane's logits. `concatenate`:
-        batch the distinct inputs of an op into one call (default: on CUDA only)."""
+        batch the distinct inputs of an op into one call (default: on CUDA only). `lanes_at_once`:
+        how many distinct lanes go through the cells together (default: all when concatenating,
+        else LANES_AT_ONCE); the stem is computed once for all."""
         self._check_archs([g for _, g in lanes])
         for x in inputs:
             check_images(x)
         ctx = _RunContext(concatenate)
         stem_vals = ctx.batched(("stem",), [(("stem", i), x) for i, x in enumerate(inputs)],
                                 lambda xs, groups: self.stem(xs, groups))
-        states = [(CellOutput((stem_vals[i],), None),) * 2 for i, _ in lanes]
+        stems = [CellOutput((v,), None) for v in stem_vals]
+        # Identical lanes run once. Lanes sorted by their cells' genes sit next to the lanes they
+        # share a prefix with, so running a few at a time loses little sharing.
+        keys = [_lane_key(i, g) for i, g in lanes]
+        distinct = sorted(dict(zip(keys, lanes)).items())
+        if lanes_at_once is None:
+            lanes_at_once = len(distinct) if ctx.concatenating(inputs[0]) else self.LANES_AT_ONCE
+        step = max(1, lanes_at_once)
+        logits = {}
+        for start in range(0, len(distinct), step):
+            chunk = distinct[start:start + step]
+            outs = self._run_cells(ctx, [stems[i] for _, (i, _) in chunk], [g for _, (_, g) in chunk])
+            logits.update((key, out) for (key, _), out in zip(chunk, outs))
+        return [logits[key] for key in keys]
+
+    def _run_cells(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> List[torch.Tensor]:
+        """Logits of each architecture from its stem output, all through each cell together."""
+        states = [(stem, stem) for stem in stems]
         for index, cell in enumerate(self.cells):
             cells_genes = [(g.reduce if cell.reduction else g.normal,
-                            g.reduce_concat if cell.reduction else g.normal_concat) for _, g in lanes]
+                            g.reduce_concat if cell.reduction else g.normal_concat) for g in archs]
             outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], cells_genes)
             states = [(s[1], o) for s, o in zip(states, outs)]
             # Later keys name the values the lanes hold, not the memo: forget this cell's
@@ -258,6 +283,12 @@ class Supernet(nn.Module):
         return F.linear(pooled, w, bias)
 
 
+def _lane_key(input_index: int, g: Genotype) -> tuple:
+    """A lane's identity, ordered by input, then normal cell, then reduction cell."""
+    return (input_index, tuple(map(tuple, g.normal)), tuple(g.normal_concat), tuple(map(tuple, g.reduce)),
+            tuple(g.reduce_concat))
+
+
 def _channel_index(blocks: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     """Channel positions of the given node blocks inside the full concat of all B nodes."""
     c = like.shape[1]
@@ -278,7 +309,7 @@ class _RunContext:
     def forget(self) -> None:
         self._memo.clear()
 
-    def _concatenate(self, like: torch.Tensor) -> bool:
+    def concatenating(self, like: torch.Tensor) -> bool:
         return like.is_cuda if self._concat_mode is None else self._concat_mode
 
     def zero(self, n: int) -> Value:
@@ -298,7 +329,7 @@ class _RunContext:
         if todo:
             inputs = [src.joined_relu() if isinstance(src, CellOutput) else src for src in todo.values()]
             sizes = [x.shape[0] for x in inputs]
-            if len(inputs) == 1 or not self._concatenate(inputs[0]):
+            if len(inputs) == 1 or not self.concatenating(inputs[0]):
                 parts = [fn(x, (n,)) for x, n in zip(inputs, sizes)]
             else:
                 parts = torch.split(fn(torch.cat(inputs), tuple(sizes)), sizes)

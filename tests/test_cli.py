@@ -101,3 +101,16 @@ def test_draw_writes_png(tmp_path):
     out = tmp_path / "d.png"
     assert main(["draw", "--arch", "DARTS", "--compare", "NAT_DARTS", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
+    # A fresh process: mallopt changes the whole process's allocator.
+    code = "from natfast._malloc import keep_freed_memory; print(keep_freed_memory())"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    off = subprocess.run([sys.executable, "-c", code], env=dict(env, NATFAST_KEEP_FREED_MEMORY="0"),
+                         capture_output=True, text=True, timeout=120)
+    assert off.stdout.strip() == "False", off.stderr
+    import platform
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert on.stdout.strip() == "True", on.stderr

@@ -52,7 +52,7 @@ def test_sampled_path_equals_standalone_network(family_name, natpp, nulls):
     torch.testing.assert_close(sn.stem.conv.weight.grad, net.stem.conv.weight.grad, **GRAD_TOL)
 
 
-def _count_calls(sn):
+def _count_calls(sn, stem: bool = False):
     calls = {}
 
     def hook(name):
@@ -65,6 +65,8 @@ def _count_calls(sn):
                 m.register_forward_hook(hook((ci, ek, op)))
         cell.pre0.register_forward_hook(hook((ci, "pre0")))
         cell.pre1.register_forward_hook(hook((ci, "pre1")))
+    if stem:
+        sn.stem.register_forward_hook(hook(("stem",)))
     return calls
 
 
@@ -112,6 +114,20 @@ def test_shared_batch_equals_sequential(family_name, concatenate):
         torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
 
 
+@pytest.mark.parametrize("lanes_at_once", [1, 2, 4, 100])
+def test_lanes_run_a_few_at_a_time_and_duplicates_once(lanes_at_once):
+    sn = _supernet("darts", layers=4)
+    gen = torch.Generator().manual_seed(9)
+    archs = _archs_for_sharing(sn.family, gen)          # holds a duplicate (a twice)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
+    calls = _count_calls(sn, stem=True)
+    batched = sn.run([x], [(0, a) for a in archs], lanes_at_once=lanes_at_once)
+    assert calls[("stem",)] == 1                         # one stem for every chunk of lanes
+    assert batched[0] is batched[2]                      # the duplicate lane ran once
+    for arch, y in zip(archs, batched):
+        torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
+
+
 def test_prefix_sharing_computes_shared_cells_once():
     sn = _supernet("darts", layers=3)            # cells: normal, reduce(1), reduce(2)
     gen = torch.Generator().manual_seed(1)
@@ -129,15 +145,16 @@ def test_prefix_sharing_computes_shared_cells_once():
     assert sum(v for k, v in calls.items() if k[0] == 1) > sum(v for k, v in alone.items() if k[0] == 1)
 
 
-@pytest.mark.parametrize("concatenate", [False, True])
+@pytest.mark.parametrize("concatenate,lanes_at_once", [(False, None), (False, 1), (True, None)])
 @pytest.mark.parametrize("family_name", ["darts", "enas"])
-def test_routed_batch_equals_each_group_alone(family_name, concatenate):
+def test_routed_batch_equals_each_group_alone(family_name, concatenate, lanes_at_once):
     sn = _supernet(family_name, layers=4)
     gen = torch.Generator().manual_seed(7)
     archs = [sample_genotype(sn.family, gen) for _ in range(3)]
     sizes = [2, 3, 2]
     x = torch.randn(sum(sizes), 3, 8, 8, dtype=torch.float64, generator=gen, requires_grad=True)
-    y = torch.cat(sn.run(list(torch.split(x, sizes)), list(enumerate(archs)), concatenate=concatenate))
+    y = torch.cat(sn.run(list(torch.split(x, sizes)), list(enumerate(archs)), concatenate=concatenate,
+                         lanes_at_once=lanes_at_once))
     start = 0
     for arch, n in zip(archs, sizes):
         torch.testing.assert_close(y[start:start + n], sn(x[start:start + n], arch), **FWD_TOL)
