@@ -30,9 +30,13 @@ constexpr int64_t kWeightGradChunks = 16;
 // several times faster than natfast's own kernel once channels pass about 40; it is looked up at
 // run time, so a torch without it still works (on the PlaneKernels matmul). NATFAST_CPU_BLAS=0
 // forces natfast's kernel (tests cover both).
+// Integer arguments are passed as pointers to 64-bit values: on a little-endian CPU an LP64 BLAS
+// (32-bit integers, torch's usual MKL) reads their low half and an ILP64 one the whole value, the
+// same number either way.
 template <typename T>
-using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*, const T*,
-                             const int*, const T*, const int*, const T*, T*, const int*);
+using FortranGemm = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const T*,
+                             const T*, const int64_t*, const T*, const int64_t*, const T*, T*, const int64_t*);
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "BLAS integer passing assumes a little-endian CPU");
 
 template <typename T>
 FortranGemm<T> find_blas() {
@@ -59,7 +63,7 @@ void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, i
           bool accumulate, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
   if (const FortranGemm<T> f = blas<T>()) {
     // Column-major view: C^T (P x M) = op(B)^T (P x K) . A^T (K x M).
-    const int m = int(P), n = int(M), k = int(K), ib = int(ldb), ia = int(lda), ic = int(ldc);
+    const int64_t m = P, n = M, k = K, ib = ldb, ia = lda, ic = ldc;
     const T one = 1, beta = accumulate ? 1 : 0;
     f(b_transposed ? "T" : "N", "N", &m, &n, &k, &one, B, &ib, A, &ia, &beta, C, &ic);
     return;
