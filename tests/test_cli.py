@@ -114,3 +114,21 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
     import platform
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert on.stdout.strip() == "True", on.stderr
+
+
+def test_bench_steps_and_derive_print_their_contract_keys():
+    steps = _natfast("bench", "steps", "--batch-size", "4", "--layers", "5", "--channels", "4", "--repeats", "1",
+                     "--json")
+    assert steps.returncode == 0, steps.stderr
+    result = json.loads(steps.stdout)
+    for key in ("update_w_ms", "update_theta_ms", "reference_update_w_ms", "reference_update_theta_ms",
+                "update_theta_4x4_ms", "sequential_update_theta_4x4_ms"):
+        assert result[key] > 0, key
+    assert result["device"] == "cpu" and result["threads"] >= 1
+    derive = _natfast("bench", "derive", "--candidates", "2", "--batches", "1", "--batch-size", "8", "--layers", "5",
+                      "--channels", "4", "--repeats", "1", "--json")
+    assert derive.returncode == 0, derive.stderr
+    result = json.loads(derive.stdout)
+    for key in ("derive_ms", "sequential_derive_ms", "sequential_inference_derive_ms"):
+        assert result[key] > 0, key
+    assert result["max_score_difference"] == 0.0   # batched scoring gives the sequential accuracies

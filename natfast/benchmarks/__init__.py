@@ -29,6 +29,24 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return round(statistics.median(times), 3)
 
 
+def interleaved_median_ms(variants: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, float]:
+    """Median ms of each variant, the variants taking turns step by step: a change in the
+    machine's load (this project's CPU machines are shared) then hits all of them alike, so their
+    ratios stay fair."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            _synchronize()
+            start = time.perf_counter()
+            fn()
+            _synchronize()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
 def run(what: str, argv: List[str]) -> Dict:
     module = importlib.import_module(f"{__name__}.{what}")
     return module.main(argv)

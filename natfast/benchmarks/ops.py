@@ -24,7 +24,7 @@ from ..ops.fused import conv1x1_bn, pool_bn
 from ..ops.layers import make_op
 from ..ops.norm import group_batch_norm
 from ..ops.pool import pool2d
-from . import median_ms
+from . import interleaved_median_ms, median_ms
 
 STAGES = ((20, 32), (40, 16), (80, 8))        # (C, H) of the normal cells
 REDUCTIONS = ((40, 32), (80, 16))             # (C, H) of the stride-2 edges' inputs
@@ -53,14 +53,23 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) ->
 
 
 def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float, fused_op: Optional[str] = None) -> Dict:
-    """fast (auto) vs reference median of the same step, and the fast path's GFLOP/s. For a fused
-    op, also the fast path with that op unfused (its reference: the fast unfused ops in sequence)."""
+    """fast (auto) vs reference median of the same step, interleaved, and the fast path's GFLOP/s.
+    For a fused op, also the fast path with that op unfused (its reference: the fast unfused ops
+    in sequence)."""
     with dispatch.use_backend("auto"), dispatch.recording() as used:
         step()
-    with dispatch.use_backend("auto"):
-        fast = median_ms(step, repeats, warmup=2)
-    with dispatch.use_backend("reference"):
-        ref = median_ms(step, repeats, warmup=2)
+
+    def under(backend: str, **per_op: str) -> Callable[[], None]:
+        def run() -> None:
+            with dispatch.use_backend(backend, **per_op):
+                step()
+        return run
+
+    variants = {"fast": under("auto"), "reference": under("reference")}
+    if fused_op is not None:
+        variants["unfused"] = under("auto", **{fused_op: "reference"})
+    ms = interleaved_median_ms(variants, repeats, warmup=2)
+    fast, ref = ms["fast"], ms["reference"]
     gflops = flops / fast / 1e6
     row = {"fast_ms": fast, "reference_ms": ref, "speedup": round(ref / fast, 2),
            "fast_gflops": round(gflops, 2), "reference_gflops": round(flops / ref / 1e6, 2),
@@ -68,8 +77,7 @@ def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float,
            # What "fast" ran: where the fast backend declines the inputs, it is the reference too.
            "fast_backends": {op: sorted(names) for op, names in sorted(used.items())}}
     if fused_op is not None:
-        with dispatch.use_backend("auto", **{fused_op: "reference"}):
-            row["unfused_fast_ms"] = median_ms(step, repeats, warmup=2)
+        row["unfused_fast_ms"] = ms["unfused"]
         row["fusion_speedup"] = round(row["unfused_fast_ms"] / fast, 2)
     return row
 

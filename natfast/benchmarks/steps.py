@@ -4,6 +4,7 @@ batched (multi-architecture, prefix-shared, inference mode) vs the authors' sequ
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 from typing import Dict, List
 
@@ -14,7 +15,7 @@ from ..config import SearchConfig
 from ..ops.dispatch import use_backend
 from ..sampler import sample_genotype
 from ..search import Searcher, step_generator
-from . import median_ms
+from . import interleaved_median_ms, median_ms
 
 
 def sequential_update_theta(s: Searcher, x, y, gen) -> None:
@@ -50,36 +51,43 @@ def main(argv: List[str]) -> Dict:
         s = Searcher(cfg, log=lambda _: None)
     x, y = next(iter(s.w_loader.epoch(0)))
     x, y = x.to(s.device), y.to(s.device)
-    steps = iter(range(10**6))
 
-    def w_step():
-        s.update_w(x, y, step_generator(0, next(steps) % args.repeats, 0))
+    def stepper(update, stream: int, backend: str = "auto", executor_on: bool = False):
+        """One step per call, on architectures drawn for the call's turn (the k-th call of every
+        stepper of a stream draws the same ones), under `backend`."""
+        turns = itertools.count()
 
-    def theta_step():
-        s.update_theta(x, y, step_generator(0, next(steps) % args.repeats, 1))
+        def run() -> None:
+            s.cfg.executor = executor_on
+            with use_backend(backend):
+                update(x, y, step_generator(0, next(turns) % args.repeats, stream))
+            s.cfg.executor = False
+        return run
 
     result: Dict = {"device": str(s.device), "threads": torch.get_num_threads(),
                     "batch_size": args.batch_size, "layers": args.layers, "channels": args.channels,
                     "repeats": args.repeats, "torch": torch.__version__}
-    result["update_w_ms"] = median_ms(w_step, args.repeats)
-    result["update_theta_ms"] = median_ms(theta_step, args.repeats)
-    if not args.skip_reference:
-        with use_backend("reference"):
-            result["reference_update_w_ms"] = median_ms(w_step, args.repeats)
-            result["reference_update_theta_ms"] = median_ms(theta_step, args.repeats)
-        result["update_w_speedup"] = round(result["reference_update_w_ms"] / result["update_w_ms"], 2)
-        result["update_theta_speedup"] = round(result["reference_update_theta_ms"] / result["update_theta_ms"], 2)
+    for name, update, stream in (("update_w", s.update_w, 0), ("update_theta", s.update_theta, 1)):
+        if args.skip_reference:
+            result[f"{name}_ms"] = median_ms(stepper(update, stream), args.repeats)
+            continue
+        # Fast and reference take turns on the same architectures and batch.
+        ms = interleaved_median_ms({"fast": stepper(update, stream), "reference": stepper(update, stream, "reference")},
+                                   args.repeats)
+        result[f"{name}_ms"], result[f"reference_{name}_ms"] = ms["fast"], ms["reference"]
+        result[f"{name}_speedup"] = round(ms["reference"] / ms["fast"], 2)
     # The compiled executor's saving in per-step Python/dispatch overhead (same kernels: ATen's).
     if executor.available():
-        with use_backend("reference"):
-            s.cfg.executor = True
-            result["executor_update_w_ms"] = median_ms(w_step, args.repeats)
-            s.cfg.executor = False
-            result["python_path_aten_update_w_ms"] = median_ms(w_step, args.repeats)
+        ms = interleaved_median_ms({"executor": stepper(s.update_w, 0, "reference", executor_on=True),
+                                    "python": stepper(s.update_w, 0, "reference")}, args.repeats)
+        result["executor_update_w_ms"], result["python_path_aten_update_w_ms"] = ms["executor"], ms["python"]
     # Policy step with m x n = 4 x 4: batched vs sequential (both on the default backend).
     s.cfg.num_inputs, s.cfg.num_samples = 4, 4
-    result["update_theta_4x4_ms"] = median_ms(theta_step, max(2, args.repeats // 2))
-    result["sequential_update_theta_4x4_ms"] = median_ms(
-        lambda: sequential_update_theta(s, x, y, step_generator(0, next(steps), 2)), max(2, args.repeats // 2))
-    result["update_theta_4x4_speedup"] = round(result["sequential_update_theta_4x4_ms"] / result["update_theta_4x4_ms"], 2)
+    sequential_turns = itertools.count()
+    ms = interleaved_median_ms(
+        {"batched": stepper(s.update_theta, 1),
+         "sequential": lambda: sequential_update_theta(s, x, y, step_generator(0, next(sequential_turns), 2))},
+        max(2, args.repeats // 2))
+    result["update_theta_4x4_ms"], result["sequential_update_theta_4x4_ms"] = ms["batched"], ms["sequential"]
+    result["update_theta_4x4_speedup"] = round(ms["sequential"] / ms["batched"], 2)
     return result
