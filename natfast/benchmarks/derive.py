@@ -14,7 +14,7 @@ from ..genotype import get_family, get_named
 from ..policy import GCNPolicy
 from ..search import pick_device
 from ..supernet import Supernet
-from . import median_ms
+from . import interleaved_median_ms
 
 
 def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
@@ -72,9 +72,13 @@ def main(argv: List[str]) -> Dict:
     result: Dict = {"device": str(device), "threads": torch.get_num_threads(), "candidates": args.candidates,
                     "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
                     "layers": args.layers, "channels": args.channels}
-    result["derive_ms"] = median_ms(lambda: score_architectures(supernet, archs, batched_loader), args.repeats)
-    result["sequential_derive_ms"] = median_ms(lambda: sequential_scores(supernet, archs, batches, False), args.repeats)
-    result["sequential_inference_derive_ms"] = median_ms(lambda: sequential_scores(supernet, archs, batches, True), args.repeats)
+    # The three take turns, so a change in the machine's load hits them alike.
+    ms = interleaved_median_ms({"batched": lambda: score_architectures(supernet, archs, batched_loader),
+                                "sequential": lambda: sequential_scores(supernet, archs, batches, False),
+                                "inference": lambda: sequential_scores(supernet, archs, batches, True)}, args.repeats)
+    result["derive_ms"] = ms["batched"]
+    result["sequential_derive_ms"] = ms["sequential"]
+    result["sequential_inference_derive_ms"] = ms["inference"]
     result["speedup_vs_sequential"] = round(result["sequential_derive_ms"] / result["derive_ms"], 2)
     result["speedup_vs_sequential_inference"] = round(result["sequential_inference_derive_ms"] / result["derive_ms"], 2)
     # Same answers: the batched scores equal the sequential ones.
