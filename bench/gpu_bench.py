@@ -216,6 +216,7 @@ def _fixed_network_graph_ms(genotype, family, batch: int, x, y, channels: int, l
     params = list(net.parameters())
 
     def step():
+        opt.zero_grad(set_to_none=False)   # in place: the gradients keep their addresses for the graph
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -223,13 +224,11 @@ def _fixed_network_graph_ms(genotype, family, batch: int, x, y, channels: int, l
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up off the capture stream (momentum buffers get made here)
+    with torch.cuda.stream(side):  # warm up off the capture stream (gradients and momentum buffers get made here)
         for _ in range(3):
-            opt.zero_grad(set_to_none=False)
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=False)
     with torch.cuda.graph(graph):
         step()
     return gpu_time(graph.replay)
