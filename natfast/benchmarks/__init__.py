@@ -16,19 +16,6 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times: List[float] = []
-    for _ in range(repeats):
-        _synchronize()
-        start = time.perf_counter()
-        fn()
-        _synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 3)
-
-
 def interleaved_median_ms(variants: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, float]:
     """Median ms of each variant, the variants taking turns step by step: a change in the
     machine's load (this project's CPU machines are shared) then hits all of them alike, so their
@@ -45,6 +32,11 @@ def interleaved_median_ms(variants: Dict[str, Callable[[], object]], repeats: in
             _synchronize()
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median ms of fn() over `repeats` calls after `warmup` untimed ones."""
+    return interleaved_median_ms({"fn": fn}, repeats, warmup)["fn"]
 
 
 def run(what: str, argv: List[str]) -> Dict:
