@@ -66,6 +66,22 @@ def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def graph_time(fn) -> float:
+    """Median ms of fn() captured once as a CUDA graph and replayed: the device's time without the
+    host's per-launch cost, which dominates gpu_time at these small shapes. Raises where fn cannot be
+    captured (a host-to-device copy or a sync inside it)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture stream (compiles, caches, allocations)
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return gpu_time(graph.replay)
+
+
 def synchronize() -> None:
     if DEV == "cuda":
         torch.cuda.synchronize()
@@ -78,8 +94,9 @@ def copy_bandwidth(n: int = 256 * 2**20 // 4) -> dict:
     return {"bytes": 2 * src.numel() * 4, "ms": ms, "GBps": 2 * src.numel() * 4 / ms / 1e6}
 
 
-def fwd_bwd(op: str, make, run, backend: str):
-    """Time forward+backward of run(*inputs) with `op` forced to `backend`; also forward alone."""
+def fwd_bwd(op: str, make, run, backend: str) -> dict:
+    """Time forward+backward of run(*inputs) with `op` forced to `backend`, forward alone, and
+    forward+backward replayed as a CUDA graph (device time alone)."""
     inputs = make()
     dy = None
 
@@ -98,7 +115,13 @@ def fwd_bwd(op: str, make, run, backend: str):
 
     with torch.no_grad():
         fwd_ms = gpu_time(forward)
-    return fwd_ms, gpu_time(both)
+    times = {"fwd_ms": fwd_ms, "fwd_bwd_ms": gpu_time(both)}
+    if DEV == "cuda":
+        try:
+            times["graph_fwd_bwd_ms"] = graph_time(both)
+        except Exception as exc:  # not capturable: the eager times still stand
+            times["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return times
 
 
 def backends_used(fn) -> dict:
@@ -152,18 +175,21 @@ def bench_kernels(batches, bandwidth_gbps: float) -> list:
                 if backend not in dispatch.registered(op):
                     continue
                 try:
-                    f, fb = fwd_bwd(op, make, run, backend)
+                    times = fwd_bwd(op, make, run, backend)
                 except LookupError:
                     continue
                 except Exception as exc:  # one broken case must not hide the others
                     row[f"{backend}_error"] = f"{type(exc).__name__}: {exc}"
                     traceback.print_exc()
                     continue
-                row[f"{backend}_fwd_ms"], row[f"{backend}_fwd_bwd_ms"] = f, fb
+                row.update({f"{backend}_{key}": value for key, value in times.items()})
+                f, fb = times["fwd_ms"], times["fwd_bwd_ms"]
                 if backend != "reference" and "reference_fwd_ms" in row:
                     row[f"{backend}_speedup_fwd"] = row["reference_fwd_ms"] / f
                     row[f"{backend}_speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / fb
                     row[f"{backend}_fwd_fraction_of_copy"] = nbytes / f / 1e6 / bandwidth_gbps
+                    if "graph_fwd_bwd_ms" in times and "reference_graph_fwd_bwd_ms" in row:
+                        row[f"{backend}_speedup_graph_fwd_bwd"] = row["reference_graph_fwd_bwd_ms"] / times["graph_fwd_bwd_ms"]
             rows.append(row)
     return rows
 
@@ -261,7 +287,8 @@ def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: 
         opt.step()
 
     def ms_per_step(backend: str, arch_list, use_executor: bool = False) -> float:
-        step(arch_list[0], backend, use_executor)  # warm-up (Triton compiles here)
+        for arch in {repr(a): a for a in arch_list}.values():  # warm-up: every architecture once
+            step(arch, backend, use_executor)  # (Triton compiles each kernel configuration here)
         synchronize()
         start = time.perf_counter()
         for arch in arch_list:
@@ -293,16 +320,18 @@ def table(results: dict) -> str:
     lines = [f"GPU check: {results['device']}, torch {results['torch']}, triton {results['triton']}",
              f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s",
              "speedups over PyTorch eager (x) and forward bandwidth as % of the copy's, per backend"]
-    lines.append(f"{'kernel':40s} {'batch':>5s} {'tri fwd':>7s} {'tri f+b':>7s} {'%copy':>5s} "
-                 f"{'cu fwd':>7s} {'cu f+b':>7s} {'%copy':>5s}")
+    lines.append("(graph: forward+backward replayed as a CUDA graph, i.e. device time without launch cost)")
+    lines.append(f"{'kernel':40s} {'batch':>5s} {'tri fwd':>7s} {'tri f+b':>7s} {'graph':>5s} {'%copy':>5s} "
+                 f"{'cu fwd':>7s} {'cu f+b':>7s} {'graph':>5s} {'%copy':>5s}")
     for r in results["kernels"]:
         cols = []
         for b in ("triton", "cuda"):
             if f"{b}_speedup_fwd" in r:
+                graph = r.get(f"{b}_speedup_graph_fwd_bwd")
                 cols.append(f"{r[f'{b}_speedup_fwd']:7.2f} {r[f'{b}_speedup_fwd_bwd']:7.2f} "
-                            f"{100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
+                            f"{('%5.2f' % graph) if graph else '    -'} {100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
             else:
-                cols.append(f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s}")
+                cols.append(f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s} {'':5s}")
         lines.append(f"{r['kernel']:40s} {r['batch']:5d} {cols[0]} {cols[1]}")
     for key in ("gcn", "update_w"):
         lines.append(f"{key}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)

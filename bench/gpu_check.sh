@@ -14,7 +14,8 @@ mkdir -p "$RESULTS"
 # The compiled kernels must run, not the CPU interpreter.
 unset TRITON_INTERPRET NATFAST_TRITON_INTERPRET NATFAST_BACKEND
 export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} NATFAST_FORCE_CUDA=1
-export PYTHONUNBUFFERED=1
+# The scripts import natfast from this source tree (the build is in place, not installed).
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 stage() { echo "== $1 ($(elapsed)s)"; }
@@ -53,11 +54,11 @@ stage "step, derive, dispatch-table and executor benchmarks (log: $RESULTS/natfa
 {
   run_for 90 "$PYTHON" -m natfast bench steps --device cuda --json >"$RESULTS/steps.json"
   run_for 60 "$PYTHON" -m natfast bench derive --device cuda --json >"$RESULTS/derive.json"
-  run_for 60 "$PYTHON" -m natfast.ops.dispatch_table
+  run_for 90 "$PYTHON" -m natfast.ops.dispatch_table
   run_for 40 "$PYTHON" bench/executor_overhead.py --device cuda
 } >"$RESULTS/natfast_bench.log" 2>&1
 cat "$RESULTS/steps.json" "$RESULTS/derive.json" 2>/dev/null
-grep -E "^(relu_dwconv|gcn_policy_logits|TABLE|DARTS|skipped)" "$RESULTS/natfast_bench.log"
+grep -E "^(relu_dwconv|pool2d|group_batch_norm|gcn_policy_logits|measuring|TABLE|DARTS|skipped)" "$RESULTS/natfast_bench.log"
 
 stage "done"
 echo "build: $build | tests (rc $tests_rc): $tests_summary | bench rc $bench_rc"

@@ -104,13 +104,13 @@ def _fwd_kernel(x_ptr, w_ptr, skip_ptr, y_ptr, part_ptr, shift_ptr, sample_group
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     w_max = tl.load(w_ptr + n * 4).to(tl.float32)
     if w_max != 0:
-        mean, rstd, _ = _stats(part_ptr, shift_ptr, gc, 0, SPLIT, eps, SPLIT_P)
-        y, _ = pool_window(x_base, oh, ow, valid, H, W, True, K, STRIDE, BLOCK)
+        mean, rstd, count = _stats(part_ptr, shift_ptr, gc, 0, SPLIT, eps, SPLIT_P)
+        y, argmax = pool_window(x_base, oh, ow, valid, H, W, True, K, STRIDE, BLOCK)
         acc += w_max * (y - mean) * rstd
     w_avg = tl.load(w_ptr + n * 4 + 1).to(tl.float32)
     if w_avg != 0:
-        mean, rstd, _ = _stats(part_ptr, shift_ptr, gc, 1, SPLIT, eps, SPLIT_P)
-        y, _ = pool_window(x_base, oh, ow, valid, H, W, False, K, STRIDE, BLOCK)
+        mean, rstd, count = _stats(part_ptr, shift_ptr, gc, 1, SPLIT, eps, SPLIT_P)
+        y, argmax = pool_window(x_base, oh, ow, valid, H, W, False, K, STRIDE, BLOCK)
         acc += w_avg * (y - mean) * rstd
     if HAS_SKIP:
         w_skip = tl.load(w_ptr + n * 4 + 2).to(tl.float32)
@@ -127,8 +127,9 @@ def _grad_stats_kernel(x_ptr, w_ptr, dy_ptr, part_ptr, shift_ptr, gpart_ptr, sta
     # Per routed group and candidate: sums of g = w * dy and of g * yhat (yhat the BN output).
     gc = tl.program_id(0)
     s = tl.program_id(1)
-    mean_max, rstd_max, _ = _stats(part_ptr, shift_ptr, gc, 0, SPLIT, eps, SPLIT_P)
-    mean_avg, rstd_avg, _ = _stats(part_ptr, shift_ptr, gc, 1, SPLIT, eps, SPLIT_P)
+    # (Triton's compiler wants each name's type fixed across the loop below: no `_` reused.)
+    mean_max, rstd_max, count_max = _stats(part_ptr, shift_ptr, gc, 0, SPLIT, eps, SPLIT_P)
+    mean_avg, rstd_avg, count_avg = _stats(part_ptr, shift_ptr, gc, 1, SPLIT, eps, SPLIT_P)
     a_max = tl.zeros([BLOCK], dtype=tl.float32)
     b_max = tl.zeros([BLOCK], dtype=tl.float32)
     a_avg = tl.zeros([BLOCK], dtype=tl.float32)
@@ -139,12 +140,12 @@ def _grad_stats_kernel(x_ptr, w_ptr, dy_ptr, part_ptr, shift_ptr, gpart_ptr, sta
         ow = pix % WO
         dy = tl.load(dy_ptr + plane * HO * WO + pix, mask=ok, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + n * 4, mask=ok, other=0.0).to(tl.float32)
-        y, _ = pool_window(x_ptr + plane * H * W, oh, ow, ok & (w != 0), H, W, True, K, STRIDE, BLOCK)
+        y, argmax = pool_window(x_ptr + plane * H * W, oh, ow, ok & (w != 0), H, W, True, K, STRIDE, BLOCK)
         g = tl.where(w != 0, w * dy, 0.0)
         a_max += g
         b_max += g * tl.where(w != 0, (y - mean_max) * rstd_max, 0.0)
         w = tl.load(w_ptr + n * 4 + 1, mask=ok, other=0.0).to(tl.float32)
-        y, _ = pool_window(x_ptr + plane * H * W, oh, ow, ok & (w != 0), H, W, False, K, STRIDE, BLOCK)
+        y, argmax = pool_window(x_ptr + plane * H * W, oh, ow, ok & (w != 0), H, W, False, K, STRIDE, BLOCK)
         g = tl.where(w != 0, w * dy, 0.0)
         a_avg += g
         b_avg += g * tl.where(w != 0, (y - mean_avg) * rstd_avg, 0.0)

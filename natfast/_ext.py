@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from typing import Optional, Tuple
 
@@ -23,10 +24,14 @@ def load() -> Tuple[Optional[object], str]:
         except OSError as exc:
             return None, f"NATFAST_EXTENSION={path} could not be loaded: {exc}"
         return object(), f"development build {path}"
+    build = "run `pip install --no-build-isolation -e .`"
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        # Said plainly: Python's own message here blames a circular import.
+        return None, f"natfast._C is not built; {build}"
     try:
         from . import _C  # noqa: F401
-    except ImportError as exc:
-        return None, f"natfast._C is not built ({exc}); run `pip install --no-build-isolation -e .`"
+    except ImportError as exc:  # built, but against another torch or Python: rebuild
+        return None, f"natfast._C does not load ({exc}); rebuild it: {build}"
     return _C, "natfast._C"
 
 

@@ -228,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {grad_adj, grad_x, part_w1.sum(0), part_b1.sum(0), part_w2.sum(0),
-          part_b2.sum(0), part_wh.sum(0), grad.sum({0, 1})};
+          part_b2.sum(0), part_wh.sum(0), grad.sum(at::IntArrayRef{0, 1})};
 }
 
 }  // namespace

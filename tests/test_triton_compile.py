@@ -1,0 +1,44 @@
+"""Every Triton launch that the interpreted tests make must also compile for sm_80 and sm_90.
+
+The interpreter runs kernels as Python and misses compiler errors; the first GPU run found one that
+way (a loop-carried `_` whose type changed). See tests/triton_compile_check.py.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.triton, pytest.mark.slow,
+    pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the triton tests compile the kernels for real"),
+]
+
+
+def test_interpreted_launches_compile_for_gpus(tmp_path):
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"this Triton has no ahead-of-time compile API ({exc})")
+    launches = tmp_path / "launches.json"
+    record_env = dict(os.environ, TRITON_INTERPRET="1", NATFAST_TRITON_INTERPRET="1",
+                      NATFAST_RECORD_TRITON_LAUNCHES=str(launches))
+    recorded = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "triton", "-p", "no:cacheprovider",
+         "--ignore", str(Path(__file__)), "tests"],
+        cwd=ROOT, env=record_env, capture_output=True, text=True)
+    assert recorded.returncode == 0, recorded.stdout[-3000:] + recorded.stderr[-3000:]
+    assert launches.exists(), "the conftest recorder wrote no launches"
+
+    compile_env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "NATFAST_TRITON_INTERPRET")}
+    compiled = subprocess.run([sys.executable, "tests/triton_compile_check.py", str(launches)],
+                              cwd=ROOT, env=compile_env, capture_output=True, text=True)
+    report = compiled.stdout + compiled.stderr[-3000:]
+    assert compiled.returncode == 0, report
+    assert "0 failed" in report and " distinct launches of " in report, report
