@@ -76,34 +76,38 @@ def _input_grad_kernel(x_ptr, w_ptr, dy_ptr, dx_ptr, C, H, W, HO, WO,
 
 
 @triton.jit
-def _weight_grad_partial_kernel(x_ptr, dy_ptr, part_ptr, C, H, W, HO, WO, TOTAL, CHUNK,
+def _weight_grad_partial_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, HO, WO, SAMPLES,
                                 K: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr,
                                 PAD: tl.constexpr, TAPS: tl.constexpr, BLOCK: tl.constexpr):
-    # Program (c, chunk) sums dy * relu(x_shifted) for all K*K taps over one contiguous range of
-    # the channel's (sample, output pixel) pairs; a [TAPS, BLOCK] tile keeps every tap's sum.
+    # Program (c, chunk, pixel block) sums dy * relu(x_shifted) for all K*K taps over one block of
+    # output pixels of channel c, for the SAMPLES samples of its chunk; a [TAPS, BLOCK] tile keeps
+    # every tap's sum. The tap offsets and masks depend on the pixel only, so they are computed once,
+    # outside the sample loop. (The previous form, chunks of flattened (sample, pixel) pairs,
+    # divided every element's index; on the first H100 run its backward was 3.5x slower than eager.)
     c = tl.program_id(0)
     chunk = tl.program_id(1)
+    block = tl.program_id(2)
     taps = tl.arange(0, TAPS)
     tap_ok = taps < K * K
     kh = taps // K
     kw = taps % K
+    pix = block * BLOCK + tl.arange(0, BLOCK)
+    pix_ok = pix < HO * WO
+    oh = pix // WO
+    ow = pix % WO
+    ih = oh[None, :] * STRIDE - PAD + kh[:, None] * DIL
+    iw = ow[None, :] * STRIDE - PAD + kw[:, None] * DIL
+    m = pix_ok[None, :] & tap_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    x_offset = ih * W + iw
     acc = tl.zeros([TAPS, BLOCK], dtype=tl.float32)
-    start = chunk * CHUNK
-    for off in range(0, CHUNK, BLOCK):
-        e = start + off + tl.arange(0, BLOCK)
-        ok = e < TOTAL
-        n = e // (HO * WO)
-        pix = e % (HO * WO)
-        oh = pix // WO
-        ow = pix % WO
+    first = chunk * SAMPLES
+    for n in range(first, tl.minimum(first + SAMPLES, N)):
         plane = (n * C + c).to(tl.int64)
-        g = tl.load(dy_ptr + plane * HO * WO + pix, mask=ok, other=0.0).to(tl.float32)
-        ih = oh[None, :] * STRIDE - PAD + kh[:, None] * DIL
-        iw = ow[None, :] * STRIDE - PAD + kw[:, None] * DIL
-        m = ok[None, :] & tap_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        v = tl.load(x_ptr + plane[None, :] * H * W + ih * W + iw, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(dy_ptr + plane * HO * WO + pix, mask=pix_ok, other=0.0).to(tl.float32)
+        v = tl.load(x_ptr + plane * H * W + x_offset, mask=m, other=0.0).to(tl.float32)
         acc += tl.maximum(v, 0.0) * g[None, :]
-    tl.store(part_ptr + chunk * C * K * K + c * K * K + taps, tl.sum(acc, axis=1), mask=tap_ok)
+    row = chunk * tl.num_programs(2) + block
+    tl.store(part_ptr + (row * C + c) * K * K + taps, tl.sum(acc, axis=1), mask=tap_ok)
 
 
 def forward(x: torch.Tensor, w: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
@@ -129,18 +133,20 @@ def input_grad(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, stride: int, 
 
 
 def weight_grad(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, stride: int, dilation: int,
-                target_programs: int = 512) -> torch.Tensor:
+                target_programs: int = 1024) -> torch.Tensor:
     n, c, h, wd = x.shape
     k = w.shape[-1]
     ho, wo = dy.shape[2], dy.shape[3]
-    total = n * ho * wo
-    block = 128 if k == 3 else 64
-    # Enough chunks per channel to fill the device, each at least one block long.
-    chunks = max(1, min(triton.cdiv(total, block), triton.cdiv(target_programs, c)))
-    chunk = triton.cdiv(triton.cdiv(total, chunks), block) * block
-    chunks = triton.cdiv(total, chunk)
-    part = torch.empty((chunks, c * k * k), device=x.device, dtype=torch.float32)
-    _weight_grad_partial_kernel[(c, chunks)](
-        x, dy, part, c, h, wd, ho, wo, total, chunk, K=k, STRIDE=stride, DIL=dilation,
+    # A [taps, pixels] tile of 2048 accumulators; planes smaller than that take one block each.
+    block = min(triton.next_power_of_2(ho * wo), 128 if k == 3 else 64)
+    blocks = triton.cdiv(ho * wo, block)
+    # Split the samples into enough chunks to fill the device. The partial sums depend on the
+    # shapes alone, and rows are added in order, so the gradient is the same on every run.
+    chunks = max(1, min(n, triton.cdiv(target_programs, c * blocks)))
+    samples = triton.cdiv(n, chunks)
+    chunks = triton.cdiv(n, samples)
+    part = torch.empty((chunks * blocks, c * k * k), device=x.device, dtype=torch.float32)
+    _weight_grad_partial_kernel[(c, chunks, blocks)](
+        x, dy, part, n, c, h, wd, ho, wo, samples, K=k, STRIDE=stride, DIL=dilation,
         PAD=dilation * (k - 1) // 2, TAPS=triton.next_power_of_2(k * k), BLOCK=block)
     return sum_rows(part, w.dtype).view_as(w)

@@ -48,3 +48,16 @@ def test_shipped_rules_name_known_backends_and_measured_ops():
         assert [r.max_size for r in rules] == sorted(r.max_size for r in rules)
         for rule in rules:
             assert "reference" in rule.order and set(rule.order) <= set(dispatch.KNOWN_BACKENDS)
+
+
+def test_environment_variable_forces_backends_and_names_unknown_ones(monkeypatch):
+    if "cpu" not in dispatch.registered("pool2d"):
+        pytest.skip("the C++ CPU kernels are not built")
+    x = torch.randn(2, 3, 4, 4)
+    monkeypatch.setenv("NATFAST_BACKEND", "pool2d=reference")
+    assert dispatch.resolve("pool2d", "cpu", x, "max", 3, 1)[0] == "reference"
+    monkeypatch.setenv("NATFAST_BACKEND", "auto")  # a changed value is read again (parses are cached)
+    assert dispatch.resolve("pool2d", "cpu", x, "max", 3, 1)[0] == "cpu"
+    monkeypatch.setenv("NATFAST_BACKEND", "pool2d=tpu")
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        dispatch.resolve("pool2d", "cpu", x, "max", 3, 1)

@@ -261,3 +261,19 @@ def test_bn_node_sum_half_forward():
     assert out.dtype == relu_out.dtype == torch.float16
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=1e-2)
     torch.testing.assert_close(relu_out.float(), expected.relu(), atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("k,stride,target_programs", [(3, 1, 12), (5, 2, 3), (3, 2, 1024)])
+def test_relu_dwconv_weight_grad_over_pixel_blocks_and_sample_chunks(k, stride, target_programs):
+    """Planes of several pixel blocks (13x12 = 156 outputs > 128) and chunks of several samples
+    with a shorter last chunk (5 samples), against the reference's weight gradient."""
+    from natfast.ops.backends.triton import load_kernels
+
+    x = randn(5, 2, 13, 12, seed=7)
+    w = randn(2, 1, k, k, seed=8, requires_grad=True)
+    with dispatch.use_backend("reference"):
+        y = relu_dwconv(x, w, stride, 1)
+    dy = randn(*y.shape, seed=9)
+    expected, = torch.autograd.grad(y, w, dy)
+    got = load_kernels().dwconv.weight_grad(x, w.detach(), dy, stride, 1, target_programs=target_programs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

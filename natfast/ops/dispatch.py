@@ -12,10 +12,12 @@ cross-checkable against plain PyTorch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from types import MappingProxyType
+from typing import Callable, Dict, Iterator, List, Mapping, Optional
 
 from . import dispatch_table
 
@@ -48,8 +50,10 @@ def registered(op: str) -> List[str]:
     return list(_registry.get(op, {}))
 
 
-def _parse_env(value: str) -> tuple[Optional[str], Dict[str, str]]:
-    """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides."""
+@functools.lru_cache(maxsize=64)
+def _parse_env(value: str) -> tuple[Optional[str], Mapping[str, str]]:
+    """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides. Cached: every
+    dispatched call reads the variable, and parsing it each time cost 3.7 us of a 7 us dispatch."""
     forced, per_op = None, {}
     for part in filter(None, (p.strip() for p in value.split(","))):
         if "=" in part:
@@ -60,10 +64,10 @@ def _parse_env(value: str) -> tuple[Optional[str], Dict[str, str]]:
     for name in [forced, *per_op.values()]:
         if name is not None and name not in KNOWN_BACKENDS:
             raise ValueError(f"NATFAST_BACKEND names unknown backend {name!r}; known: {', '.join(KNOWN_BACKENDS)}")
-    return forced, per_op
+    return forced, MappingProxyType(per_op)  # read-only: the cache shares it
 
 
-def _forced() -> tuple[Optional[str], Dict[str, str]]:
+def _forced() -> tuple[Optional[str], Mapping[str, str]]:
     stack = getattr(_state, "stack", None)
     if stack:
         return stack[-1]
