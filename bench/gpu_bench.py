@@ -248,16 +248,7 @@ def _fixed_network_graph_ms(genotype, family, batch: int, x, y, channels: int, l
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up off the capture stream (gradients and momentum buffers get made here)
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return gpu_time(graph.replay)
+    return graph_time(step)  # its warm-up makes the gradients and momentum buffers
 
 
 def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: int = 8) -> dict:
