@@ -59,8 +59,9 @@ def _constexpr_value(value):
 
 def describe_launch(fn: Callable, args: tuple, kwargs: dict) -> dict:
     """The compile-time identity of one launch of the Python kernel function `fn`."""
-    parameters = inspect.signature(fn).parameters
-    bound = inspect.signature(fn).bind(*args, **kwargs)
+    signature_of_fn = inspect.signature(fn)
+    parameters = signature_of_fn.parameters
+    bound = signature_of_fn.bind(*args, **kwargs)
     bound.apply_defaults()
     signature: Dict[str, str] = {}
     constexprs: Dict[str, object] = {}
