@@ -16,6 +16,7 @@ number of architectures in one pass:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotype import Family, Genotype, output_nodes
+from .ops import fused
 from .ops.layers import FactorizedReduce, Norm, ReLUConvBN, make_op
 
 
@@ -93,11 +95,15 @@ class CellOutput:
     def key(self):
         return (tuple(v.uid for v in self.values), self.blocks)
 
+    def tensors(self) -> List[torch.Tensor]:
+        """The non-zero output nodes' tensors, in concat order."""
+        return [v.tensor for v in self.values if v.tensor is not None]
+
     def joined(self) -> torch.Tensor:
         """The non-zero output nodes concatenated along channels, once: both the next cell (as its
         input 1) and the one after (as its input 0) preprocess it."""
         if self._joined is None:
-            tensors = [v.tensor for v in self.values if v.tensor is not None]
+            tensors = self.tensors()
             self._joined = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)
         return self._joined
 
@@ -227,11 +233,22 @@ class Supernet(nn.Module):
             reqs = list(reqs)
             like = next(v.tensor for v in reqs[0][2].values if v.tensor is not None)
             cidx = None if blocks is None else _channel_index(blocks, like)
-            fn = lambda xs, groups, cidx=cidx: module(xs, groups, cidx, relu_applied=True)
-            vals = ctx.batched((tag, index, blocks), [(key, out) for _, key, out, _ in reqs], fn)
+            sources = [(key, self._preprocess_source(ctx, module, out)) for _, key, out, _ in reqs]
+            vals = ctx.batched((tag, index, blocks), sources, functools.partial(_preprocess_call, module, cidx))
             for (lane, *_), v in zip(reqs, vals):
                 results[lane] = v
         return results
+
+    @staticmethod
+    def _preprocess_source(ctx, module, out: CellOutput):
+        """What the preprocessing reads of a cell output: its node tensors in place, where a fused
+        kernel reads them so (no concatenation, no ReLU pass: a CPU with the C++ kernels), or the
+        ReLU of their concatenation, computed once for the two cells that preprocess it."""
+        tensors = out.tensors()
+        if out.blocks is None or ctx.concatenating(tensors[0]):
+            return out
+        weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a
+        return tensors if fused.has_fused_cat_conv1x1_bn(tensors, weight, None) else out
 
     def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes) -> List[CellOutput]:
         b = self.family.num_nodes
@@ -283,6 +300,13 @@ class Supernet(nn.Module):
         return F.linear(pooled, w, bias)
 
 
+def _preprocess_call(module, channel_index, x, groups) -> torch.Tensor:
+    """Cell preprocessing of x: a list of node tensors (read in place) or relu(their concatenation)."""
+    if isinstance(x, list):
+        return module.forward_parts(x, groups, channel_index)
+    return module(x, groups, channel_index, relu_applied=True)
+
+
 def _lane_key(input_index: int, g: Genotype) -> tuple:
     """A lane's identity, ordered by input, then normal cell, then reduction cell."""
     return (input_index, tuple(map(tuple, g.normal)), tuple(g.normal_concat), tuple(map(tuple, g.reduce)),
@@ -327,9 +351,11 @@ class _RunContext:
                 todo.setdefault(key, source)
                 out.append(None)
         if todo:
+            # A source is a tensor, a CellOutput (read as the ReLU of its nodes' concatenation), or
+            # a list of node tensors that fn reads in place (never concatenated across requests).
             inputs = [src.joined_relu() if isinstance(src, CellOutput) else src for src in todo.values()]
-            sizes = [x.shape[0] for x in inputs]
-            if len(inputs) == 1 or not self.concatenating(inputs[0]):
+            sizes = [(x[0] if isinstance(x, list) else x).shape[0] for x in inputs]
+            if len(inputs) == 1 or isinstance(inputs[0], list) or not self.concatenating(inputs[0]):
                 parts = [fn(x, (n,)) for x, n in zip(inputs, sizes)]
             else:
                 parts = torch.split(fn(torch.cat(inputs), tuple(sizes)), sizes)

@@ -17,7 +17,7 @@ from natfast.genotype import get_family
 from natfast.ops import dispatch
 from natfast.ops.backends import cpu as cpu_backend
 from natfast.ops.depthwise import relu_dwconv_reference
-from natfast.ops.fused import conv1x1_bn_reference, pool_bn_reference
+from natfast.ops.fused import cat_conv1x1_bn_reference, conv1x1_bn_reference, pool_bn_reference
 from natfast.ops.norm import group_batch_norm_reference
 from natfast.ops.pointwise import conv1x1_reference
 from natfast.ops.pool import pool2d_reference
@@ -371,13 +371,13 @@ def test_conv1x1_bn_gradcheck_and_deterministic_weight_gradient(blas, monkeypatc
         assert torch.autograd.gradcheck(lambda a, b: cpu_backend.conv1x1_bn_cpu(a, b, (1, 2), 1e-5, relu_input), (x, w))
     x32, w32 = _random((16, 12, 8, 8), torch.float32, gen), _random((10, 12, 1, 1), torch.float32, gen)
     g = _random((16, 10, 8, 8), torch.float32, gen)
-    y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward(x32, w32, [], 1e-5, True)
+    y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward([x32], w32, [], 1e-5, True)
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2):
             torch.set_num_threads(n)
-            results.append(torch.ops.natfast.cpu_conv1x1_bn_backward(g, x32, w32, y, rstd, [], True)[1])
+            results.append(torch.ops.natfast.cpu_conv1x1_bn_backward(g, [x32], w32, y, rstd, [], True)[1])
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1])
@@ -392,4 +392,54 @@ def test_conv1x1_bn_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="add up"):
         conv1x1_bn(x, torch.randn(5, 3, 1, 1), groups=(1, 2))
     with pytest.raises(RuntimeError, match="weight must be"):
-        torch.ops.natfast.cpu_conv1x1_bn_forward(x, torch.randn(5, 4, 1, 1), [], 1e-5, False)
+        torch.ops.natfast.cpu_conv1x1_bn_forward([x], torch.randn(5, 4, 1, 1), [], 1e-5, False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu_input", [False, True])
+@pytest.mark.parametrize("blas", ["1", "0"])
+def test_cat_conv1x1_bn_reads_parts_in_place_equals_reference(dtype, relu_input, blas, monkeypatch):
+    """A cell output's nodes fed to the preprocessing without concatenating them: forward and every
+    part's gradient equal the reference (which concatenates), with per-group BN statistics."""
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    gen = torch.Generator().manual_seed(14)
+    # Parts of unequal widths (a part narrower than a vector), one part, a non-contiguous part;
+    # batch 37 spreads the weight gradient's chunks unevenly.
+    for n, widths, c_out, h, w in [(6, (4, 4, 4, 4), 4, 5, 6), (6, (3, 1, 7), 9, 4, 3), (37, (5,), 6, 3, 4),
+                                   (5, (2, 6), 3, 8, 8)]:
+        parts = [_random((n, c, h, w), dtype, gen) + 0.2 for c in widths]
+        parts[-1] = _layout(parts[-1], "strided")
+        weight = _random((c_out, sum(widths), 1, 1), dtype, gen)
+        sizes = (n - 3, 1, 2)
+        g = _random((n, c_out, h, w), dtype, gen)
+        with dispatch.use_backend("reference"):
+            ref = _run(lambda b, *ps: cat_conv1x1_bn_reference(ps, b, sizes, 1e-5, relu_input), [weight, *parts], g)
+        assert dispatch.resolve("cat_conv1x1_bn", "cpu", parts, weight, sizes, 1e-5, relu_input)[0] == "cpu"
+        fast = _run(lambda b, *ps: cpu_backend.cat_conv1x1_bn_cpu(ps, b, sizes, 1e-5, relu_input), [weight, *parts], g)
+        _assert_same(fast, ref, dtype)
+
+
+@needs_kernels
+def test_cat_conv1x1_bn_gradcheck_float64():
+    gen = torch.Generator().manual_seed(15)
+    parts = [(_random((3, c, 4, 3), torch.float64, gen) + 0.1).requires_grad_() for c in (2, 3)]
+    w = _random((4, 5, 1, 1), torch.float64, gen).requires_grad_()
+    assert torch.autograd.gradcheck(lambda b, p, q: cpu_backend.cat_conv1x1_bn_cpu([p, q], b, (1, 2), 1e-5, True),
+                                    (w, *parts))
+
+
+@needs_kernels
+def test_cat_conv1x1_bn_bad_input_is_a_clear_error():
+    from natfast.ops.fused import cat_conv1x1_bn
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"\(C_out, 5, 1, 1\) weight"):
+        cat_conv1x1_bn([a, b], torch.randn(5, 4, 1, 1))
+    with pytest.raises(ValueError, match="share batch, height and width"):
+        cat_conv1x1_bn([a, torch.randn(2, 2, 4, 5)], torch.randn(5, 5, 1, 1))
+    with pytest.raises(ValueError, match="one or more"):
+        cat_conv1x1_bn([], torch.randn(5, 5, 1, 1))
+    with pytest.raises(RuntimeError, match="must share batch, height, width and dtype"):
+        torch.ops.natfast.cpu_conv1x1_bn_forward([a, b.double()], torch.randn(5, 5, 1, 1), [], 1e-5, False)
+    with pytest.raises(RuntimeError, match="at least one input part"):
+        torch.ops.natfast.cpu_conv1x1_bn_forward([], torch.randn(5, 5, 1, 1), [], 1e-5, False)

@@ -120,3 +120,27 @@ def test_recording_names_the_backend_that_ran():
         assert used == {"probe_op": {"cpu", "reference"}}
     finally:
         dispatch._registry.pop("probe_op")
+
+
+@pytest.mark.parametrize("module_kind", ["relu_conv_bn", "factorized_reduce"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_preprocessing_of_node_parts_equals_preprocessing_of_their_concatenation(module_kind, backend):
+    """forward_parts (the cell output's nodes read in place) = forward(relu(cat(nodes))), forward and
+    backward, with a channel subset (zero nodes dropped) and per-group BN."""
+    from natfast.ops.layers import FactorizedReduce, ReLUConvBN
+    torch.manual_seed(3)
+    c = 4
+    module = (ReLUConvBN(3 * c, 6, 1, 1, False, False) if module_kind == "relu_conv_bn"
+              else FactorizedReduce(3 * c, 6, False, False))
+    index = torch.cat([torch.arange(0, c), torch.arange(2 * c, 3 * c)])   # nodes 0 and 2 of 3
+    parts = [torch.randn(5, c, 8, 6, requires_grad=True) for _ in range(2)]
+    g = torch.randn(5, 6, *((8, 6) if module_kind == "relu_conv_bn" else (4, 3)))
+    with dispatch.use_backend(backend):
+        y = module.forward_parts(parts, (2, 3), index)
+        grads = torch.autograd.grad(y, [*parts, *module.parameters()], g)
+        joined = torch.relu(torch.cat(parts, dim=1))
+        y_ref = module(joined, (2, 3), index, relu_applied=True)
+        grads_ref = torch.autograd.grad(y_ref, [*parts, *module.parameters()], g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

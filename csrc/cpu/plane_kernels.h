@@ -56,6 +56,10 @@ struct PlaneKernels {
   void (*sums)(const T* u, const T* v, int64_t n, double* s1, double* s2);
   // out = a u + b v + c (v == nullptr: out = a u + c).
   void (*affine)(const T* u, T a, const T* v, T b, T c, T* out, int64_t n);
+  // out = max(x, 0) (NaN gives 0, as x > 0 ? x : 0).
+  void (*relu)(const T* x, T* out, int64_t n);
+  // g = g where x > 0, else 0, in place: a gradient through a ReLU of x.
+  void (*relu_mask)(const T* x, T* g, int64_t n);
   // The GEMM of a 1x1 convolution on one sample (row-major, row strides lda, ldb, ldc):
   // C (M x P) = A (M x K) . B (C += that with accumulate), B being K x P, or P x K given
   // transposed (b_transposed). panel: scratch of matmul_panel_size(K) elements.

@@ -405,6 +405,27 @@ void affine(const typename V::Scalar* u, typename V::Scalar a, const typename V:
   for (; i < n; ++i) out[i] = a * u[i] + b * v[i] + c;
 }
 
+template <class V>
+void relu(const typename V::Scalar* x, typename V::Scalar* out, int64_t n) {
+  using T = typename V::Scalar;
+  const V zero = V::zero();
+  int64_t i = 0;
+  for (; i + V::width <= n; i += V::width) {
+    const V v = V::load(x + i);
+    V::masked(V::gt(v, zero), v).store(out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <class V>
+void relu_mask(const typename V::Scalar* x, typename V::Scalar* g, int64_t n) {
+  using T = typename V::Scalar;
+  const V zero = V::zero();
+  int64_t i = 0;
+  for (; i + V::width <= n; i += V::width) V::masked(V::gt(V::load(x + i), zero), V::load(g + i)).store(g + i);
+  for (; i < n; ++i) g[i] = x[i] > T(0) ? g[i] : T(0);
+}
+
 // ---------------------------------------------------------------- 1x1 convolution GEMM
 // (The stand-in where no BLAS is found; see csrc/cpu/pointwise_bn.cpp.) C's columns go NV vectors
 // at a time: their K rows of B (a whole row of pixels apart, which would share L1 sets) are first
@@ -475,7 +496,7 @@ template <class V>
 PlaneKernels<typename V::Scalar> make_table() {
   return {&relu_dwconv_forward<V>, &relu_dwconv_backward<V>, &max_pool_forward<V>, &max_pool_backward<V>,
           &avg_pool_forward<V>,    &avg_pool_backward<V>,    &sums<V>,             &affine<V>,
-          &matmul<V>};
+          &relu<V>,                &relu_mask<V>,            &matmul<V>};
 }
 
 }  // namespace

@@ -1,12 +1,15 @@
 // natfast::cpu_conv1x1_bn_{forward,backward}: a stride-1 1x1 convolution (optionally of relu(x))
 // followed by the supernet's BN (affine=False, batch statistics per group of consecutive samples),
-// as in the separable, dilated and preprocessing convolutions. One sample at a time per thread, so
-// what one step writes the next reads from cache:
-//   forward:  y_n = W . f(x_n) and its per-plane sums; then y normalised in place. y is also the
-//             normalised value (affine=False), so the backward needs neither mean nor the raw conv.
+// as in the separable, dilated and preprocessing convolutions. The input x is given as parts that
+// x concatenates along channels (one part: x itself): a cell's output is its nodes concatenated,
+// and reading the nodes in place spares the preprocessing both the concatenation and a full-size
+// ReLU. One sample at a time per thread, so what one step writes the next reads from cache:
+//   forward:  y_n = sum_k W_k . f(x_nk) and its per-plane sums (W_k: part k's weight columns); then
+//             y normalised in place. y is also the normalised value (affine=False), so the backward
+//             needs neither mean nor the raw conv.
 //   backward: per-plane sums of g and g * y; then per sample t_n = dBN(g_n) (never written out),
-//             grad_x_n = W^T . t_n (masked by x_n > 0 under ReLU) and this sample's weight gradient
-//             t_n . f(x_n)^T, summed in a fixed order (deterministic at any thread count).
+//             grad_x_nk = W_k^T . t_n (masked by x_nk > 0 under ReLU) and this sample's weight
+//             gradient t_n . f(x_nk)^T, summed in a fixed order (deterministic at any thread count).
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <torch/library.h>
@@ -71,44 +74,76 @@ void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, i
   kernels.matmul(A, lda, B, ldb, b_transposed, accumulate, C, ldc, M, K, P, panel);
 }
 
-// out = max(x, 0), or x itself when relu is off (then no copy).
+// Sample n of the input that the parts concatenate, through the ReLU when relu is on: the parts'
+// planes gathered into scratch (a few hundred KB, so it stays in cache for the GEMM that reads it
+// next; one GEMM over all channels beats one per part), or part 0 itself when there is nothing to
+// do (then no copy).
 template <typename T>
-const T* relu_of(const T* x, int64_t n, bool relu, T* scratch) {
-  if (!relu) return x;
-  for (int64_t i = 0; i < n; ++i) scratch[i] = x[i] > T(0) ? x[i] : T(0);
+const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<const T*>& parts,
+                      const std::vector<int64_t>& offsets, int64_t n, int64_t P, bool relu, T* scratch) {
+  if (!relu && parts.size() == 1) return parts[0] + n * offsets[1] * P;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const int64_t count = (offsets[k + 1] - offsets[k]) * P;
+    const T* src = parts[k] + n * count;
+    T* dst = scratch + offsets[k] * P;
+    if (relu)
+      kernels.relu(src, dst, count);
+    else
+      std::memcpy(dst, src, count * sizeof(T));
+  }
   return scratch;
 }
 
-void check_conv(const at::Tensor& x, const at::Tensor& weight, const char* op) {
-  check_planes(x, op);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == x.size(1), op,
-              ": weight must be (C_out, ", x.size(1), ", 1, 1), got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ", weight.scalar_type(),
-              " differs from the input's ", x.scalar_type());
+// The parts, contiguous, after checking that they concatenate (along channels) to an input that
+// `weight` fits; offsets[k] is part k's first channel.
+std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& weight, const char* op,
+                                    std::vector<int64_t>& offsets) {
+  TORCH_CHECK(!parts_in.empty(), op, ": needs at least one input part");
+  std::vector<at::Tensor> parts;
+  offsets.assign(1, 0);
+  for (const at::Tensor& part : parts_in) {
+    check_planes(part, op);
+    const at::Tensor& first = parts_in[0];
+    TORCH_CHECK(part.size(0) == first.size(0) && part.size(2) == first.size(2) && part.size(3) == first.size(3) &&
+                    part.scalar_type() == first.scalar_type(),
+                op, ": input parts must share batch, height, width and dtype, got ", first.sizes(), " ",
+                first.scalar_type(), " and ", part.sizes(), " ", part.scalar_type());
+    parts.push_back(part.contiguous());
+    offsets.push_back(offsets.back() + part.size(1));
+  }
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == offsets.back(),
+              op, ": weight must be (C_out, ", offsets.back(), ", 1, 1), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == parts[0].scalar_type(), op, ": weight dtype ", weight.scalar_type(),
+              " differs from the input's ", parts[0].scalar_type());
+  return parts;
 }
 
-std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(const at::Tensor& x_in, const at::Tensor& weight_in,
+std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, const at::Tensor& weight_in,
                                                       at::IntArrayRef groups, double eps, bool relu_input) {
   const char* op = "cpu_conv1x1_bn_forward";
-  check_conv(x_in, weight_in, op);
-  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
-  const int64_t N = x.size(0), Ci = x.size(1), Co = weight.size(0), P = x.size(2) * x.size(3);
+  std::vector<int64_t> offsets;
+  const std::vector<at::Tensor> parts = check_parts(parts_in, weight_in, op, offsets);
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor& x0 = parts[0];
+  const int64_t N = x0.size(0), Ci = offsets.back(), Co = weight.size(0), P = x0.size(2) * x0.size(3);
+  const int64_t K = int64_t(parts.size());
   const std::vector<int64_t> starts = group_starts(groups, N, op);
   const int64_t G = int64_t(starts.size()) - 1;
-  at::Tensor y = at::empty({N, Co, x.size(2), x.size(3)}, x.options());
-  at::Tensor mean = at::empty({G, Co}, x.options().dtype(at::kDouble));
-  at::Tensor rstd = at::empty({G, Co}, x.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv1x1_bn", [&] {
+  at::Tensor y = at::empty({N, Co, x0.size(2), x0.size(3)}, x0.options());
+  at::Tensor mean = at::empty({G, Co}, x0.options().dtype(at::kDouble));
+  at::Tensor rstd = at::empty({G, Co}, x0.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_conv1x1_bn", [&] {
     const auto& kernels = plane_kernels<scalar_t>();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
+    std::vector<const scalar_t*> xp;
+    for (const at::Tensor& part : parts) xp.push_back(part.data_ptr<scalar_t>());
     const scalar_t* wp = weight.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     std::vector<double> s1(N * Co), s2(N * Co);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> panel(matmul_panel_size(Ci)), relu_x(relu_input ? Ci * P : 0);
+      std::vector<scalar_t> panel(matmul_panel_size(Ci)), scratch(relu_input || K > 1 ? Ci * P : 0);
       for (int64_t n = begin; n < end; ++n) {
         scalar_t* yn = yp + n * Co * P;
-        const scalar_t* xn = relu_of(xp + n * Ci * P, Ci * P, relu_input, relu_x.data());
+        const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
         gemm(kernels, wp, Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
         for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[n * Co + c], &s2[n * Co + c]);
       }
@@ -118,27 +153,37 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(const at::Tensor& x_in, co
   return {y, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_in, const at::Tensor& x_in,
-                                                       const at::Tensor& weight_in, const at::Tensor& y_in,
-                                                       const at::Tensor& rstd_in, at::IntArrayRef groups,
-                                                       bool relu_input) {
+std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_in,
+                                                                    at::TensorList parts_in,
+                                                                    const at::Tensor& weight_in, const at::Tensor& y_in,
+                                                                    const at::Tensor& rstd_in, at::IntArrayRef groups,
+                                                                    bool relu_input) {
   const char* op = "cpu_conv1x1_bn_backward";
-  check_conv(x_in, weight_in, op);
-  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), y = y_in.contiguous();
-  const int64_t N = x.size(0), Ci = x.size(1), Co = weight.size(0), P = x.size(2) * x.size(3);
-  TORCH_CHECK(y.sizes() == at::IntArrayRef({N, Co, x.size(2), x.size(3)}) && grad_y_in.sizes() == y.sizes(), op,
+  std::vector<int64_t> offsets;
+  const std::vector<at::Tensor> parts = check_parts(parts_in, weight_in, op, offsets);
+  const at::Tensor weight = weight_in.contiguous(), y = y_in.contiguous();
+  const at::Tensor& x0 = parts[0];
+  const int64_t N = x0.size(0), Ci = offsets.back(), Co = weight.size(0), P = x0.size(2) * x0.size(3);
+  const int64_t K = int64_t(parts.size());
+  TORCH_CHECK(y.sizes() == at::IntArrayRef({N, Co, x0.size(2), x0.size(3)}) && grad_y_in.sizes() == y.sizes(), op,
               ": grad_y and y must be (N, C_out, H, W) as the forward returns y");
-  const at::Tensor grad_y = grad_y_in.to(x.scalar_type()).contiguous();
+  const at::Tensor grad_y = grad_y_in.to(x0.scalar_type()).contiguous();
   const std::vector<int64_t> starts = group_starts(groups, N, op);
   const int64_t G = int64_t(starts.size()) - 1;
   TORCH_CHECK(rstd_in.sizes() == at::IntArrayRef({G, Co}) && rstd_in.scalar_type() == at::kDouble, op,
               ": rstd must be float64 (groups, C_out) as the forward returns it");
   const at::Tensor rstd = rstd_in.contiguous();
-  at::Tensor grad_x = at::empty_like(x);
+  std::vector<at::Tensor> grad_parts;
+  for (const at::Tensor& part : parts) grad_parts.push_back(at::empty_like(part));
   at::Tensor grad_w = at::empty_like(weight);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv1x1_bn", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_conv1x1_bn", [&] {
     const auto& kernels = plane_kernels<scalar_t>();
-    const scalar_t* xp = x.data_ptr<scalar_t>();
+    std::vector<const scalar_t*> xp;
+    std::vector<scalar_t*> gxp;
+    for (int64_t k = 0; k < K; ++k) {
+      xp.push_back(parts[k].data_ptr<scalar_t>());
+      gxp.push_back(grad_parts[k].data_ptr<scalar_t>());
+    }
     const scalar_t* yp = y.data_ptr<scalar_t>();
     const scalar_t* gp = grad_y.data_ptr<scalar_t>();
     // dBN(g) = rstd (g - mean(g) - y mean(g y)) = a g + b y + c per (group, channel).
@@ -154,42 +199,44 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_
       c[j] = scalar_t(-r[j] * tg[j] / count);
     }
     const std::vector<int64_t> rows = stat_rows(starts, Co);
-    // W^T, so grad_x's GEMM reads its rows contiguously like the forward's.
+    // W^T, so grad_x's GEMM reads its rows contiguously like the forward's; part k's rows start at
+    // offsets[k].
     const at::Tensor wt = weight.view({Co, Ci}).t().contiguous();
     const scalar_t* wtp = wt.data_ptr<scalar_t>();
     // The weight gradient is summed per fixed chunk of samples, then over the chunks in order: the
     // same sums in the same order at any thread count.
     const int64_t chunks = std::min<int64_t>(N, kWeightGradChunks), chunk = (N + chunks - 1) / chunks;
     std::vector<scalar_t> partial_w(chunks * Co * Ci);
-    scalar_t* gxp = grad_x.data_ptr<scalar_t>();
     at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-      std::vector<scalar_t> t(Co * P), panel(matmul_panel_size(std::max(Co, P))), relu_x(relu_input ? Ci * P : 0);
-      for (int64_t k = first; k < last; ++k) {
-        scalar_t* wk = partial_w.data() + k * Co * Ci;
-        for (int64_t n = k * chunk; n < std::min(N, (k + 1) * chunk); ++n) {
+      std::vector<scalar_t> t(Co * P), panel(matmul_panel_size(std::max(Co, P)));
+      std::vector<scalar_t> scratch(relu_input || K > 1 ? Ci * P : 0);
+      for (int64_t q = first; q < last; ++q) {
+        scalar_t* wq = partial_w.data() + q * Co * Ci;
+        for (int64_t n = q * chunk; n < std::min(N, (q + 1) * chunk); ++n) {
           for (int64_t co = 0; co < Co; ++co) {
             const int64_t i = n * Co + co, j = rows[i];
             kernels.affine(gp + i * P, a[j], yp + i * P, b[j], c[j], t.data() + co * P, P);
           }
-          const scalar_t* xn = xp + n * Ci * P;
-          scalar_t* gxn = gxp + n * Ci * P;
-          gemm(kernels, wtp, Co, t.data(), P, false, false, gxn, P, Ci, Co, P, panel.data());
-          if (relu_input)  // through the ReLU: no gradient where x <= 0
-            for (int64_t e = 0; e < Ci * P; ++e) gxn[e] = xn[e] > scalar_t(0) ? gxn[e] : scalar_t(0);
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t ck = offsets[k + 1] - offsets[k];
+            scalar_t* gxnk = gxp[k] + n * ck * P;
+            gemm(kernels, wtp + offsets[k] * Co, Co, t.data(), P, false, false, gxnk, P, ck, Co, P, panel.data());
+            if (relu_input) kernels.relu_mask(xp[k] + n * ck * P, gxnk, ck * P);  // none where x <= 0
+          }
           // (Co x Ci) += t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
-          gemm(kernels, t.data(), P, relu_of(xn, Ci * P, relu_input, relu_x.data()), P, true, n > k * chunk, wk, Ci,
-               Co, P, Ci, panel.data());
+          const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
+          gemm(kernels, t.data(), P, xn, P, true, n > q * chunk, wq, Ci, Co, P, Ci, panel.data());
         }
       }
     });
     scalar_t* gwp = grad_w.data_ptr<scalar_t>();
     for (int64_t e = 0; e < Co * Ci; ++e) {
       scalar_t total = 0;
-      for (int64_t k = 0; k < chunks; ++k) total += partial_w[k * Co * Ci + e];
+      for (int64_t q = 0; q < chunks; ++q) total += partial_w[q * Co * Ci + e];
       gwp[e] = total;
     }
   });
-  return {grad_x, grad_w};
+  return {grad_parts, grad_w};
 }
 
 }  // namespace
@@ -197,14 +244,16 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_
 }  // namespace natfast
 
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
-  // (y, rstd): y = BN(conv1x1(relu(x) if relu_input else x, weight)), BN without affine parameters
-  // with batch statistics per group of consecutive samples (groups: sizes adding up to N; empty:
-  // one group); rstd is float64 (groups, C_out). Stride 1.
-  m.def("cpu_conv1x1_bn_forward(Tensor x, Tensor weight, int[] groups, float eps, bool relu_input) -> (Tensor, Tensor)");
-  // (grad_x, grad_weight) given the forward's x, weight, y and rstd.
+  // (y, rstd): y = BN(conv1x1(relu(x) if relu_input else x, weight)) with x = cat(parts, dim=1), BN
+  // without affine parameters with batch statistics per group of consecutive samples (groups: sizes
+  // adding up to N; empty: one group); rstd is float64 (groups, C_out). Stride 1.
   m.def(
-      "cpu_conv1x1_bn_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor y, Tensor rstd, int[] groups, "
-      "bool relu_input) -> (Tensor, Tensor)");
+      "cpu_conv1x1_bn_forward(Tensor[] parts, Tensor weight, int[] groups, float eps, bool relu_input) -> "
+      "(Tensor, Tensor)");
+  // (grad of each part, grad_weight) given the forward's parts, weight, y and rstd.
+  m.def(
+      "cpu_conv1x1_bn_backward(Tensor grad_y, Tensor[] parts, Tensor weight, Tensor y, Tensor rstd, int[] groups, "
+      "bool relu_input) -> (Tensor[], Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(natfast, CPU, m) {

@@ -3,6 +3,8 @@
 `pool_bn`: pool2d followed by the supernet's per-group BN (the `Pool` module with BN).
 `conv1x1_bn`: a stride-1 1x1 convolution (of relu(x) with relu_input) followed by that BN: the
 end of sep_conv/dil_conv and the cell preprocessing.
+`cat_conv1x1_bn`: conv1x1_bn of tensors concatenated along channels (a cell output's nodes), which
+a fused kernel reads in place instead of concatenating them.
 Each reference is the dispatched ops in sequence, so a backend without the fused kernel still gets
 its own unfused kernels (and use_backend("reference") gets plain PyTorch).
 """
@@ -54,3 +56,37 @@ def conv1x1_bn(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[
     if groups is not None and sum(groups) != x.shape[0]:
         raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {x.shape[0]}")
     return dispatch.call("conv1x1_bn", x, weight, tuple(groups) if groups is not None else None, eps, relu_input)
+
+
+def cat_conv1x1_bn_reference(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]],
+                             eps: float = EPS, relu_input: bool = False) -> torch.Tensor:
+    x = parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=1)
+    return conv1x1_bn(x, weight, groups, eps, relu_input)
+
+
+dispatch.register("cat_conv1x1_bn", "reference", cat_conv1x1_bn_reference)
+
+
+def cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]] = None,
+                   eps: float = EPS, relu_input: bool = False) -> torch.Tensor:
+    """conv1x1_bn(torch.cat(parts, dim=1), weight, groups, eps, relu_input)."""
+    parts = list(parts)
+    if not parts or any(p.dim() != 4 for p in parts):
+        raise ValueError(f"cat_conv1x1_bn needs one or more (N, C, H, W) parts, got shapes {[tuple(p.shape) for p in parts]}")
+    first = parts[0]
+    if any(p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:] for p in parts):
+        raise ValueError(f"cat_conv1x1_bn parts must share batch, height and width, got {[tuple(p.shape) for p in parts]}")
+    channels = sum(p.shape[1] for p in parts)
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (channels, 1, 1):
+        raise ValueError(f"cat_conv1x1_bn needs a (C_out, {channels}, 1, 1) weight for parts of {channels} channels in "
+                         f"all, got {tuple(weight.shape)}")
+    if groups is not None and sum(groups) != first.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
+    return dispatch.call("cat_conv1x1_bn", parts, weight, tuple(groups) if groups is not None else None, eps, relu_input)
+
+
+def has_fused_cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]]) -> bool:
+    """Whether cat_conv1x1_bn runs a fused kernel for these inputs (the reference concatenates, so
+    a caller with several consumers of one concatenation does better sharing it)."""
+    groups = tuple(groups) if groups is not None else None
+    return dispatch.resolve("cat_conv1x1_bn", parts[0].device.type, list(parts), weight, groups, EPS, True)[0] != "reference"

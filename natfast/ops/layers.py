@@ -66,6 +66,15 @@ class ReLUConvBN(nn.Module):
             y = relu_conv2d(x, w, self.stride)   # relu_applied only comes with kernel 1 (preprocessing)
         return self.norm(y, groups)
 
+    def forward_parts(self, parts: Sequence[torch.Tensor], groups: Groups = None,
+                      channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """forward(torch.cat(parts, dim=1)) for the supernet's preprocessing, the parts (a cell
+        output's nodes) read in place by the fused kernel, without a concatenation or a ReLU pass."""
+        if self.kernel != 1 or self.stride != 1 or not self.norm.searching:
+            raise ValueError("forward_parts is the supernet's cell preprocessing: a stride-1 1x1 convolution with its BN")
+        w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
+        return fused.cat_conv1x1_bn(parts, w, groups, relu_input=True)
+
 
 class DilConv(nn.Module):
     """ReLU, depthwise k x k (stride, dilation), pointwise 1x1, BN."""
@@ -125,14 +134,31 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor, groups: Groups = None, channel_index: Optional[torch.Tensor] = None,
                 relu_applied: bool = False) -> torch.Tensor:
+        if relu_applied:
+            wa, wb = self._weights(channel_index)
+            y = torch.cat([conv1x1(x[:, :, ::2, ::2], wa), conv1x1(x[:, :, 1::2, 1::2], wb)], dim=1)
+            return self.norm(y, groups)
+        return self.forward_parts([x], groups, channel_index)
+
+    def _weights(self, channel_index: Optional[torch.Tensor]):
         wa, wb = self.conv_a, self.conv_b
         if channel_index is not None:
             wa, wb = wa.index_select(1, channel_index), wb.index_select(1, channel_index)
-        x = x if relu_applied else F.relu(x)
-        # A stride-2 1x1 conv of x (or of x shifted by one pixel) only reads the even (odd) pixels:
-        # pick them once, so the backward scatters into one zero-filled gradient, not two.
-        y = torch.cat([conv1x1(x[:, :, ::2, ::2], wa), conv1x1(x[:, :, 1::2, 1::2], wb)], dim=1)
-        return self.norm(y, groups)
+        return wa, wb
+
+    def forward_parts(self, parts: Sequence[torch.Tensor], groups: Groups = None,
+                      channel_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """forward(torch.cat(parts, dim=1)). A stride-2 1x1 conv of x (or of x shifted by one
+        pixel) only reads the even (odd) pixels: those are picked from each part first, then the
+        ReLU, a quarter of the concatenation's and the ReLU's work each."""
+        wa, wb = self._weights(channel_index)
+        even = _cat_channels([F.relu(p[:, :, ::2, ::2]) for p in parts])
+        odd = _cat_channels([F.relu(p[:, :, 1::2, 1::2]) for p in parts])
+        return self.norm(torch.cat([conv1x1(even, wa), conv1x1(odd, wb)], dim=1), groups)
+
+
+def _cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=1)
 
 
 class Identity(nn.Module):

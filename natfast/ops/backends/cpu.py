@@ -1,7 +1,7 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
-`pool_bn` and `conv1x1_bn` (natfast/ops/fused.py); and `conv1x1` as batched GEMMs (no compiled code: registered
-even without the extension).
+`pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); and `conv1x1` as batched
+GEMMs (no compiled code: registered even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -93,23 +93,24 @@ class PoolBatchNorm(torch.autograd.Function):
 
 
 class Conv1x1BatchNorm(torch.autograd.Function):
-    """group_batch_norm(conv1x1(relu?(x))) one sample at a time (csrc/cpu/pointwise_bn.cpp). Saves
-    x and the output (which, with affine=False, is the normalised value the backward needs): the
-    unfused ops would save x and the convolution's output."""
+    """group_batch_norm(conv1x1(relu?(cat(parts, dim=1)))) one sample at a time
+    (csrc/cpu/pointwise_bn.cpp), reading the parts in place. Saves the parts and the output (which,
+    with affine=False, is the normalised value the backward needs): the unfused ops would save the
+    concatenation, its ReLU and the convolution's output."""
 
     @staticmethod
-    def forward(ctx, x, weight, groups: Sequence[int], eps: float, relu_input: bool):
-        y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward(x, weight, list(groups), eps, relu_input)
-        ctx.save_for_backward(x, weight, y, rstd)
+    def forward(ctx, weight, groups: Sequence[int], eps: float, relu_input: bool, *parts):
+        y, rstd = torch.ops.natfast.cpu_conv1x1_bn_forward(list(parts), weight, list(groups), eps, relu_input)
+        ctx.save_for_backward(weight, y, rstd, *parts)
         ctx.conf = (list(groups), relu_input)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, weight, y, rstd = ctx.saved_tensors
-        grad_x, grad_w = torch.ops.natfast.cpu_conv1x1_bn_backward(grad_y, x, weight, y, rstd, *ctx.conf)
-        return grad_x, grad_w, None, None, None
+        weight, y, rstd, *parts = ctx.saved_tensors
+        grad_parts, grad_w = torch.ops.natfast.cpu_conv1x1_bn_backward(grad_y, parts, weight, y, rstd, *ctx.conf)
+        return (grad_w, None, None, None, *grad_parts)
 
 
 class Conv1x1(torch.autograd.Function):
@@ -180,7 +181,12 @@ def conv1x1_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch
 
 def conv1x1_bn_cpu(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[int]], eps: float,
                    relu_input: bool) -> torch.Tensor:
-    return Conv1x1BatchNorm.apply(x, weight, tuple(groups) if groups is not None else (), eps, relu_input)
+    return Conv1x1BatchNorm.apply(weight, tuple(groups) if groups is not None else (), eps, relu_input, x)
+
+
+def cat_conv1x1_bn_cpu(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]],
+                       eps: float, relu_input: bool) -> torch.Tensor:
+    return Conv1x1BatchNorm.apply(weight, tuple(groups) if groups is not None else (), eps, relu_input, *parts)
 
 
 def _plain(x: torch.Tensor) -> bool:
@@ -225,6 +231,11 @@ def _supports_conv1x1_bn(x, weight, groups, eps, relu_input) -> bool:
     return (_plain(x) and weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * x.shape[2] * x.shape[3] > 1)
 
 
+def _supports_cat_conv1x1_bn(parts, weight, groups, eps, relu_input) -> bool:
+    return all(_plain(p) and p.dtype == weight.dtype for p in parts) and _supports_conv1x1_bn(parts[0], weight, groups,
+                                                                                              eps, relu_input)
+
+
 def register() -> str:
     """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
     try:
@@ -240,6 +251,8 @@ def register() -> str:
         dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
         dispatch.register("conv1x1_bn", "cpu", conv1x1_bn_cpu, supports=_supports_conv1x1_bn)
-        return "active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, conv1x1, relu_conv2d"
+        dispatch.register("cat_conv1x1_bn", "cpu", cat_conv1x1_bn_cpu, supports=_supports_cat_conv1x1_bn)
+        return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
+                "relu_conv2d")
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
