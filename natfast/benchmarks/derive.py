@@ -1,6 +1,9 @@
 """Derive benchmark: score K candidate transformations and the input architecture on the same
 validation samples, batched (multi-architecture, prefix-shared, inference mode) vs one
-architecture at a time with autograd recording (the authors' way) and under inference mode."""
+architecture at a time with autograd recording (the authors' way) and under inference mode, both on
+natfast's kernels (so the ratios are what batching and inference mode give); and the authors' way
+on the reference path's plain PyTorch ops (`authors_derive_ms`: what a user of the authors' code
+waits, kernels included)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +14,7 @@ import torch
 from ..data import BatchLoader, load_cifar10
 from ..derive import check_input, load_search, score_architectures
 from ..genotype import get_family, get_named
+from ..ops.dispatch import use_backend
 from ..policy import GCNPolicy
 from ..search import pick_device
 from ..supernet import Supernet
@@ -43,6 +47,8 @@ def main(argv: List[str]) -> Dict:
     p.add_argument("--channels", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
+    p.add_argument("--skip-authors", action="store_true", help="skip the authors' way on plain PyTorch ops "
+                   "(the slowest of the four)")
     p.add_argument("--checkpoint", help="score with a trained search's supernet and policy (a trained "
                    "policy repeats itself, which batched scoring computes once); default: untrained")
     args = p.parse_args(argv)
@@ -72,20 +78,31 @@ def main(argv: List[str]) -> Dict:
     result: Dict = {"device": str(device), "threads": torch.get_num_threads(), "candidates": args.candidates,
                     "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
                     "layers": args.layers, "channels": args.channels}
-    # The three take turns, so a change in the machine's load hits them alike.
-    ms = interleaved_median_ms({"batched": lambda: score_architectures(supernet, archs, batched_loader),
-                                "sequential": lambda: sequential_scores(supernet, archs, batches, False),
-                                "inference": lambda: sequential_scores(supernet, archs, batches, True)}, args.repeats)
+    variants = {"batched": lambda: score_architectures(supernet, archs, batched_loader),
+                "sequential": lambda: sequential_scores(supernet, archs, batches, False),
+                "inference": lambda: sequential_scores(supernet, archs, batches, True)}
+    if not args.skip_authors:
+        variants["authors"] = lambda: _on_reference_ops(sequential_scores, supernet, archs, batches, False)
+    # They take turns, so a change in the machine's load hits them alike.
+    ms = interleaved_median_ms(variants, args.repeats)
     result["derive_ms"] = ms["batched"]
     result["sequential_derive_ms"] = ms["sequential"]
     result["sequential_inference_derive_ms"] = ms["inference"]
     result["speedup_vs_sequential"] = round(result["sequential_derive_ms"] / result["derive_ms"], 2)
     result["speedup_vs_sequential_inference"] = round(result["sequential_inference_derive_ms"] / result["derive_ms"], 2)
+    if "authors" in ms:
+        result["authors_derive_ms"] = ms["authors"]
+        result["speedup_vs_authors"] = round(ms["authors"] / result["derive_ms"], 2)
     # Same answers: the batched scores equal the sequential ones.
     batched = score_architectures(supernet, archs, batched_loader)
     sequential = sequential_scores(supernet, archs, batches, True)
     result["max_score_difference"] = max(abs(a - b) for a, b in zip(batched, sequential))
     return result
+
+
+def _on_reference_ops(fn, *args):
+    with use_backend("reference"):
+        return fn(*args)
 
 
 class _ListLoader:

@@ -1,6 +1,7 @@
 """Step benchmark: one supernet update (update_w) and one policy update (update_theta), fast path
 vs the reference path, on the same sampled architectures; and the m x n = 4 x 4 policy step,
-batched (multi-architecture, prefix-shared, inference mode) vs the authors' sequential way."""
+batched (multi-architecture, prefix-shared, inference mode) vs the authors' sequential way, on
+natfast's kernels and on the reference path's plain PyTorch ops."""
 from __future__ import annotations
 
 import argparse
@@ -81,13 +82,23 @@ def main(argv: List[str]) -> Dict:
         ms = interleaved_median_ms({"executor": stepper(s.update_w, 0, "reference", executor_on=True),
                                     "python": stepper(s.update_w, 0, "reference")}, args.repeats)
         result["executor_update_w_ms"], result["python_path_aten_update_w_ms"] = ms["executor"], ms["python"]
-    # Policy step with m x n = 4 x 4: batched vs sequential (both on the default backend).
+    # Policy step with m x n = 4 x 4: batched vs sequential, both on the default backend (what
+    # batching gives), and the authors' way on plain PyTorch ops (what their users wait).
     s.cfg.num_inputs, s.cfg.num_samples = 4, 4
-    sequential_turns = itertools.count()
-    ms = interleaved_median_ms(
-        {"batched": stepper(s.update_theta, 1),
-         "sequential": lambda: sequential_update_theta(s, x, y, step_generator(0, next(sequential_turns), 2))},
-        max(2, args.repeats // 2))
+    sequential_turns, authors_turns = itertools.count(), itertools.count()
+
+    def authors() -> None:
+        with use_backend("reference"):
+            sequential_update_theta(s, x, y, step_generator(0, next(authors_turns), 2))
+
+    variants = {"batched": stepper(s.update_theta, 1),
+                "sequential": lambda: sequential_update_theta(s, x, y, step_generator(0, next(sequential_turns), 2))}
+    if not args.skip_reference:
+        variants["authors"] = authors
+    ms = interleaved_median_ms(variants, max(2, args.repeats // 2))
     result["update_theta_4x4_ms"], result["sequential_update_theta_4x4_ms"] = ms["batched"], ms["sequential"]
     result["update_theta_4x4_speedup"] = round(ms["sequential"] / ms["batched"], 2)
+    if "authors" in ms:
+        result["authors_update_theta_4x4_ms"] = ms["authors"]
+        result["update_theta_4x4_speedup_vs_authors"] = round(ms["authors"] / ms["batched"], 2)
     return result
