@@ -20,7 +20,7 @@ from ..ops import dispatch
 from ..ops.backends import STATUS
 from ..ops.conv import relu_conv2d
 from ..ops.depthwise import relu_dwconv
-from ..ops.fused import conv1x1_bn, pool_bn
+from ..ops.fused import cat_conv1x1_bn, conv1x1_bn, pool_bn
 from ..ops.layers import make_op
 from ..ops.norm import group_batch_norm
 from ..ops.pool import pool2d
@@ -153,6 +153,17 @@ def _conv1x1_bn_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor
     return cases
 
 
+def _cat_conv1x1_bn_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    """The cell preprocessing of a 4-node cell output, the nodes given apart (ReLU, 4 x C -> C)."""
+    cases = []
+    for c, h in STAGES:
+        inputs = [torch.randn(batch, c, h, h) for _ in range(4)] + [torch.randn(c, 4 * c, 1, 1)]
+        flops = 3 * 2 * batch * c * 4 * c * h * h + 9 * batch * c * h * h
+        cases.append((f"cat_conv1x1_bn relu 4x C{c}->{c} H{h}",
+                      lambda *t: cat_conv1x1_bn(t[:-1], t[-1], None, relu_input=True), inputs, flops))
+    return cases
+
+
 def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
     """The supernet's op modules (BN affine=False with batch statistics; pooling followed by BN)."""
     cases = []
@@ -174,8 +185,10 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
 
 
 GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
-          "pool_bn": _pool_bn_cases, "conv1x1_bn": _conv1x1_bn_cases, "modules": _module_cases}
-FUSED = {"pool_bn": "pool_bn", "conv1x1_bn": "conv1x1_bn"}   # group: the fused dispatch op it times
+          "pool_bn": _pool_bn_cases, "conv1x1_bn": _conv1x1_bn_cases, "cat_conv1x1_bn": _cat_conv1x1_bn_cases,
+          "modules": _module_cases}
+# group: the fused dispatch op it times
+FUSED = {"pool_bn": "pool_bn", "conv1x1_bn": "conv1x1_bn", "cat_conv1x1_bn": "cat_conv1x1_bn"}
 
 
 def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups: Optional[Sequence[str]] = None,
