@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_train_from_scratch_and_resume(tmp_path):
     assert main(common + ["--epochs", "1"]) == 0
     assert main(common + ["--epochs", "2", "--resume"]) == 0
     import json
-    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    rows = [json.loads(l) for l in Path(out, "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(0 <= r["test_acc"] <= 1 for r in rows)
 
 

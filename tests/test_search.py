@@ -1,5 +1,6 @@
 """The alternating trainer: exact resume, checkpoints, derive."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, content, match):
 def test_metrics_log_has_both_phases(tmp_path):
     s = _run(tmp_path, "run", epochs=1)
     import json
-    rows = [json.loads(line) for line in open(os.path.join(s.cfg.out, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in Path(s.cfg.out, "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["w"] * 4 + ["theta"] * 6
     assert all("reward" in r and "entropy" in r for r in rows if r["phase"] == "theta")
 
