@@ -241,9 +241,10 @@ class Supernet(nn.Module):
 
     @staticmethod
     def _preprocess_source(ctx, module, out: CellOutput):
-        """What the preprocessing reads of a cell output: its node tensors in place, where a fused
-        kernel reads them so (no concatenation, no ReLU pass: a CPU with the C++ kernels), or the
-        ReLU of their concatenation, computed once for the two cells that preprocess it."""
+        """What the preprocessing reads of a cell output. Where a fused kernel reads the node
+        tensors in place (a CPU with the C++ kernels), both consumers take the tensors
+        (FactorizedReduce slices them before its ReLU) and the concatenation is never built;
+        otherwise the ReLU of their concatenation, computed once for the two cells that read it."""
         tensors = out.tensors()
         if out.blocks is None or ctx.concatenating(tensors[0]):
             return out
