@@ -3,6 +3,7 @@
 // on the NCHW tensor: no per-group copies.
 #include <torch/library.h>
 
+#include "cpu/ops.h"
 #include "cpu/group_norm.h"
 #include "cpu/plane_ops.h"
 
@@ -18,6 +19,8 @@ void check_input(const at::Tensor& x, const char* op) {
 }
 
 int64_t plane_size(const at::Tensor& x) { return x.size(0) * x.size(1) == 0 ? 0 : x.numel() / (x.size(0) * x.size(1)); }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_batch_norm_forward(const at::Tensor& x_in,
                                                                         at::IntArrayRef groups, double eps) {
@@ -79,7 +82,6 @@ at::Tensor group_batch_norm_backward(const at::Tensor& grad_y_in, const at::Tens
   return grad_x;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace natfast
 

@@ -2,6 +2,7 @@
 // padding dilation * (k - 1) / 2, on contiguous NCHW planes (natfast/ops/backends/cpu.py).
 #include <torch/library.h>
 
+#include "cpu/ops.h"
 #include "cpu/plane_ops.h"
 
 namespace natfast {
@@ -18,6 +19,8 @@ PlaneGeometry dwconv_geometry(const at::Tensor& x, const at::Tensor& weight, int
   check_window(weight.size(2), stride, dilation, op);
   return plane_geometry(x.size(2), x.size(3), weight.size(2), stride, dilation);
 }
+
+}  // namespace
 
 at::Tensor relu_dwconv_forward(const at::Tensor& x_in, const at::Tensor& weight_in, int64_t stride,
                                int64_t dilation) {
@@ -71,7 +74,6 @@ std::tuple<at::Tensor, at::Tensor> relu_dwconv_backward(const at::Tensor& grad_y
   return {grad_x, grad_w};
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace natfast
 

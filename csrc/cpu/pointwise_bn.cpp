@@ -18,6 +18,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/ops.h"
 #include "cpu/group_norm.h"
 #include "cpu/plane_ops.h"
 
@@ -117,6 +118,8 @@ std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& w
               " differs from the input's ", parts[0].scalar_type());
   return parts;
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, const at::Tensor& weight_in,
                                                       at::IntArrayRef groups, double eps, bool relu_input) {
@@ -239,7 +242,6 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Te
   return {grad_parts, grad_w};
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace natfast
 

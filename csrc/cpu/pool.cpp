@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "cpu/ops.h"
 #include "cpu/group_norm.h"
 #include "cpu/plane_ops.h"
 
@@ -68,6 +69,8 @@ struct PlanePool {
     }
   }
 };
+
+}  // namespace
 
 at::Tensor pool2d_forward(const at::Tensor& x_in, const std::string& kind, int64_t kernel, int64_t stride) {
   const bool max = is_max(kind, "cpu_pool2d_forward");
@@ -182,7 +185,6 @@ at::Tensor pool2d_bn_backward(const at::Tensor& grad_y_in, const at::Tensor& x_i
   return grad_x;
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace natfast
 
