@@ -46,7 +46,8 @@ class SearchConfig:
     num_samples: int = opt(1, "n: transformations sampled per input architecture")
     augment: bool = opt(True, "random crop + flip on the w batches")
     executor: bool = opt(False, "run update_w's sampled path through the compiled C++ executor "
-                                "(ATen kernels, no per-op Python dispatch) when the extension has it")
+                                "(no per-op Python dispatch; natfast's C++ kernels on a CPU, ATen's on a "
+                                "GPU) when the extension has it")
     train_limit: int = opt(0, "use at most this many training images (0: all)")
     seed: int = opt(0, "seed of every random choice (data order, augmentation, architectures, init)")
     device: str = opt("auto", "cpu, cuda or auto")

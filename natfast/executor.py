@@ -4,6 +4,7 @@
 as op ids, the output nodes of every cell, and the supernet's parameters that the architecture
 uses, in the order csrc/executor/executor.cpp consumes them); `plan.run(x)` runs stem -> cells ->
 classifier in C++ (operator natfast::executor_forward), recorded by autograd like the Python path.
+On a CPU it runs natfast's C++ CPU kernels where the Python path would, else ATen's ops.
 On CUDA, inference of a fixed architecture (a fixed beta, derive, evaluation) is replayed from a
 CUDA graph once the same input shape repeats; graphs live in a small LRU cache.
 
@@ -23,6 +24,7 @@ import torch
 
 from . import _ext
 from .genotype import Genotype, normalize, output_nodes
+from .ops import dispatch
 from .ops.layers import OPERATIONS
 from .supernet import Supernet, edge_key, reduction_layers
 
@@ -57,7 +59,19 @@ class ExecutorPlan:
         return self._execute(x)
 
     def _execute(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.natfast.executor_forward(x, self.edges, self.outputs, self.reduction_cells, self.params)
+        return torch.ops.natfast.executor_forward(x, self.edges, self.outputs, self.reduction_cells, self.params,
+                                                  _cpu_kernels(x))
+
+
+# The Python path's ops that the executor also runs on natfast's C++ CPU kernels.
+_CPU_KERNEL_OPS = ("relu_dwconv", "conv1x1_bn", "cat_conv1x1_bn", "pool_bn", "group_batch_norm")
+
+
+def _cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether the executor runs natfast's C++ CPU kernels, as the Python path would; a backend
+    forced for any of their ops (use_backend, NATFAST_BACKEND) gives ATen's ops instead."""
+    return x.device.type == "cpu" and all(
+        "cpu" in dispatch.registered(op) and dispatch.forced_backend(op) in (None, "cpu") for op in _CPU_KERNEL_OPS)
 
 
 def _cell_params(cell, edges) -> List[torch.Tensor]:

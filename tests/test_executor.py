@@ -1,7 +1,7 @@
 """The compiled sampled-path executor equals `Supernet.forward`, forward and backward, for random
 architectures of both families (null edges, repeated edges, partial and reordered concats, loose
-ends, dead nodes), in float64 and float32. Both sides use the reference kernels, so they run the
-same ATen operations and agree to rounding."""
+ends, dead nodes), in float64 and float32. Both sides run the same kernels: ATen's under the
+reference backend, natfast's C++ CPU kernels under the default one, so they agree to rounding."""
 import random
 
 import pytest
@@ -49,8 +49,8 @@ def forward_backward(net, run, x):
     return logits.detach(), x.grad, param_grads(net)
 
 
-def assert_same(net, genotype, x, tol):
-    with dispatch.use_backend("reference"):
+def assert_same(net, genotype, x, tol, backend="reference"):
+    with dispatch.use_backend(backend):
         expected = forward_backward(net, lambda inp: net(inp, genotype), x)
         plan = executor.compile_arch(net, genotype)
         got = forward_backward(net, plan.run, x)
@@ -67,14 +67,26 @@ TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4
 
 @pytest.mark.parametrize("family_name", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_random_architectures(family_name, dtype):
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_random_architectures(family_name, dtype, backend):
     family = get_family(family_name)
     rng = random.Random(f"{family_name}-{dtype}")
     torch.manual_seed(0)
     net = Supernet(family, channels=4, layers=5).to(dtype)
     x = torch.randn(3, 3, 12, 12, dtype=dtype)  # 12 -> 6 -> 3: the last cells run on an odd size
     for _ in range(4):
-        assert_same(net, random_genotype(family, rng), x, TOL[dtype])
+        assert_same(net, random_genotype(family, rng), x, TOL[dtype], backend)
+
+
+def test_cpu_kernels_follow_the_backend_choice():
+    """The executor runs natfast's CPU kernels exactly when the Python path would."""
+    x = torch.randn(2, 3, 8, 8)
+    expected = "cpu" in dispatch.registered("conv1x1_bn")
+    assert executor._cpu_kernels(x) == expected
+    with dispatch.use_backend("reference"):
+        assert not executor._cpu_kernels(x)
+    with dispatch.use_backend("auto", pool_bn="reference"):
+        assert not executor._cpu_kernels(x)
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
@@ -94,12 +106,13 @@ def test_all_outputs_dead_gives_the_bias():
     assert_same(net, genotype, torch.randn(2, 3, 8, 8, dtype=torch.float64), TOL[torch.float64])
 
 
-def test_batch_of_one():
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_batch_of_one(backend):
     family = get_family("enas")
     torch.manual_seed(2)
     net = Supernet(family, channels=4, layers=3).double()
     genotype = random_genotype(family, random.Random(7))
-    assert_same(net, genotype, torch.randn(1, 3, 8, 8, dtype=torch.float64), TOL[torch.float64])
+    assert_same(net, genotype, torch.randn(1, 3, 8, 8, dtype=torch.float64), TOL[torch.float64], backend)
 
 
 def test_plans_are_cached_and_follow_parameter_updates():

@@ -7,12 +7,16 @@
 //     channels of the preprocessing weights (ReLU and 1x1 convolutions map zeros to zeros);
 //   * nodes that do not reach the cell output and null edges are skipped;
 //   * BN is affine=False with batch statistics (the supernet's search-time BN).
+// With `cpu_kernels` (a CPU run where the Python path would use natfast's C++ CPU kernels), the ops
+// run those kernels (executor/cpu_autograd.h), else ATen's.
 // Python front and parameter order: natfast/executor.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
+
+#include "executor/cpu_autograd.h"
 
 namespace natfast {
 namespace executor {
@@ -26,7 +30,16 @@ enum Op : int64_t {
 
 constexpr double kEps = 1e-5;  // natfast.ops.norm.EPS
 
-at::Tensor batch_norm(const at::Tensor& x) {
+// Which kernels run the ops: natfast's CPU kernels (where the tensor suits them) or ATen's.
+struct Kernels {
+  bool cpu = false;
+  bool take(const at::Tensor& x) const { return cpu && cpu_autograd::takes(x); }
+  // BN with one value per channel is an error either way; ATen's says so.
+  bool take_bn(const at::Tensor& x) const { return take(x) && x.size(0) * x.size(2) * x.size(3) > 1; }
+};
+
+at::Tensor batch_norm(const at::Tensor& x, const Kernels& k) {
+  if (k.take_bn(x)) return cpu_autograd::batch_norm(x);
   return at::batch_norm(x, {}, {}, {}, {}, /*training=*/true, /*momentum=*/0.1, kEps, /*cudnn_enabled=*/true);
 }
 
@@ -57,55 +70,78 @@ int64_t param_count(int64_t op, int64_t stride) {
   }
 }
 
-at::Tensor relu_dwconv(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t dilation) {
-  const int64_t k = w.size(-1);
-  return at::conv2d(at::relu(x), w, {}, stride, dilation * (k - 1) / 2, dilation, x.size(1));
+at::Tensor relu_dwconv(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t dilation, const Kernels& k) {
+  if (k.take(x)) return cpu_autograd::relu_dwconv(x, w, stride, dilation);
+  const int64_t size = w.size(-1);
+  return at::conv2d(at::relu(x), w, {}, stride, dilation * (size - 1) / 2, dilation, x.size(1));
+}
+
+// BN of conv1x1(relu?(cat(parts))): the pointwise end of a DilConv, or a cell's preprocessing.
+at::Tensor conv1x1_bn(const std::vector<at::Tensor>& parts, const at::Tensor& w, bool relu_input, const Kernels& k) {
+  if (k.take_bn(parts[0])) return cpu_autograd::conv1x1_bn(parts, w, relu_input);
+  const at::Tensor x = parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+  return batch_norm(at::conv2d(relu_input ? at::relu(x) : x, w), k);
 }
 
 // DilConv: ReLU, depthwise, pointwise, BN.
-at::Tensor dil_conv(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw, int64_t stride, int64_t dilation) {
-  return batch_norm(at::conv2d(relu_dwconv(x, dw, stride, dilation), pw));
+at::Tensor dil_conv(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw, int64_t stride, int64_t dilation,
+                    const Kernels& k) {
+  return conv1x1_bn({relu_dwconv(x, dw, stride, dilation, k)}, pw, false, k);
 }
 
-at::Tensor factorized_reduce(const at::Tensor& x, const at::Tensor& wa, const at::Tensor& wb) {
-  const at::Tensor r = at::relu(x);
-  const at::Tensor shifted = r.slice(2, 1).slice(3, 1);
-  return batch_norm(at::cat({at::conv2d(r, wa, {}, 2), at::conv2d(shifted, wb, {}, 2)}, 1));
+// The stride-2 1x1 convolutions read only the even (shifted: odd) pixels: those are taken from each
+// part, then the ReLU (as natfast/ops/layers.py FactorizedReduce).
+at::Tensor factorized_reduce(const std::vector<at::Tensor>& parts, const at::Tensor& wa, const at::Tensor& wb,
+                             const Kernels& k) {
+  std::vector<at::Tensor> even, odd;
+  for (const at::Tensor& part : parts) {
+    even.push_back(at::relu(part.slice(2, 0, {}, 2).slice(3, 0, {}, 2)));
+    odd.push_back(at::relu(part.slice(2, 1, {}, 2).slice(3, 1, {}, 2)));
+  }
+  const at::Tensor a = even.size() == 1 ? even[0] : at::cat(even, 1);
+  const at::Tensor b = odd.size() == 1 ? odd[0] : at::cat(odd, 1);
+  return batch_norm(at::cat({at::conv2d(a, wa), at::conv2d(b, wb)}, 1), k);
 }
 
-at::Tensor relu_conv_bn(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
-  const int64_t k = w.size(-1);
-  return batch_norm(at::conv2d(at::relu(x), w, {}, stride, k / 2));
+at::Tensor relu_conv_bn(const at::Tensor& x, const at::Tensor& w, int64_t stride, const Kernels& k) {
+  const int64_t size = w.size(-1);
+  if (size == 1 && stride == 1) return conv1x1_bn({x}, w, true, k);
+  return batch_norm(at::conv2d(at::relu(x), w, {}, stride, size / 2), k);
 }
 
-at::Tensor run_op(int64_t op, const at::Tensor& x, int64_t stride, ParamCursor& p) {
+at::Tensor pool_bn(const at::Tensor& x, bool max, int64_t size, int64_t stride, const Kernels& k) {
+  const int64_t out_pixels = ((x.size(2) - 1) / stride + 1) * ((x.size(3) - 1) / stride + 1);
+  if (k.take(x) && x.size(0) * out_pixels > 1) return cpu_autograd::pool_bn(x, max ? "max" : "avg", size, stride);
+  const at::Tensor pooled = max ? at::max_pool2d(x, size, stride, size / 2)
+                                : at::avg_pool2d(x, size, stride, size / 2, /*ceil_mode=*/false,
+                                                 /*count_include_pad=*/false);
+  return batch_norm(pooled, k);
+}
+
+at::Tensor run_op(int64_t op, const at::Tensor& x, int64_t stride, ParamCursor& p, const Kernels& k) {
   switch (op) {
-    case kMaxPool3: case kMaxPool5: {
-      const int64_t k = op == kMaxPool3 ? 3 : 5;
-      return batch_norm(at::max_pool2d(x, k, stride, k / 2));
-    }
-    case kAvgPool3: case kAvgPool5: {
-      const int64_t k = op == kAvgPool3 ? 3 : 5;
-      return batch_norm(at::avg_pool2d(x, k, stride, k / 2, /*ceil_mode=*/false, /*count_include_pad=*/false));
-    }
+    case kMaxPool3: case kMaxPool5:
+      return pool_bn(x, true, op == kMaxPool3 ? 3 : 5, stride, k);
+    case kAvgPool3: case kAvgPool5:
+      return pool_bn(x, false, op == kAvgPool3 ? 3 : 5, stride, k);
     case kSkip: {
       if (stride == 1) return x;
       const at::Tensor& wa = p.take();
-      return factorized_reduce(x, wa, p.take());
+      return factorized_reduce({x}, wa, p.take(), k);
     }
     case kSepConv3: case kSepConv5: {
       const at::Tensor& dw1 = p.take();
       const at::Tensor& pw1 = p.take();
       const at::Tensor& dw2 = p.take();
       const at::Tensor& pw2 = p.take();
-      return dil_conv(dil_conv(x, dw1, pw1, stride, 1), dw2, pw2, 1, 1);
+      return dil_conv(dil_conv(x, dw1, pw1, stride, 1, k), dw2, pw2, 1, 1, k);
     }
     case kDilConv3: case kDilConv5: {
       const at::Tensor& dw = p.take();
-      return dil_conv(x, dw, p.take(), stride, 2);
+      return dil_conv(x, dw, p.take(), stride, 2, k);
     }
     case kConv1: case kConv3: case kConv5:
-      return relu_conv_bn(x, p.take(), stride);
+      return relu_conv_bn(x, p.take(), stride, k);
     default:
       TORCH_CHECK(false, "executor_forward: op id ", op, " cannot be executed");
   }
@@ -141,8 +177,8 @@ bool is_all_blocks(const std::vector<int64_t>& blocks, int64_t num_nodes) {
   return true;
 }
 
-// The non-zero values of a cell output, concatenated channel-wise, and their blocks.
-std::pair<at::Tensor, std::vector<int64_t>> nonzero_parts(const CellOutput& out) {
+// The non-zero values of a cell output (its nodes, not concatenated) and their blocks.
+std::pair<std::vector<at::Tensor>, std::vector<int64_t>> nonzero_parts(const CellOutput& out) {
   std::vector<at::Tensor> parts;
   std::vector<int64_t> blocks;
   for (size_t i = 0; i < out.values.size(); ++i) {
@@ -150,23 +186,23 @@ std::pair<at::Tensor, std::vector<int64_t>> nonzero_parts(const CellOutput& out)
     parts.push_back(out.values[i]);
     if (!out.blocks.empty()) blocks.push_back(out.blocks[i]);
   }
-  if (parts.empty()) return {at::Tensor(), blocks};
-  return {parts.size() == 1 ? parts[0] : at::cat(parts, 1), blocks};
+  return {parts, blocks};
 }
 
 // ReLUConvBN(1x1) or FactorizedReduce on a cell input (its weights always consumed from the cursor).
-at::Tensor preprocess(const CellOutput& in, bool needed, bool factorized, ParamCursor& p, int64_t num_nodes) {
+// The nodes go in as parts: the CPU kernel reads them in place; ATen's path concatenates them.
+at::Tensor preprocess(const CellOutput& in, bool needed, bool factorized, ParamCursor& p, int64_t num_nodes,
+                      const Kernels& k) {
   std::vector<at::Tensor> weights = {p.take()};
   if (factorized) weights.push_back(p.take());
   if (!needed) return at::Tensor();
-  auto [x, blocks] = nonzero_parts(in);
-  if (!x.defined()) return at::Tensor();
+  auto [parts, blocks] = nonzero_parts(in);
+  if (parts.empty()) return at::Tensor();
   if (!in.blocks.empty() && !is_all_blocks(blocks, num_nodes)) {
-    const int64_t width = x.size(1) / static_cast<int64_t>(blocks.size());
+    const int64_t width = parts[0].size(1);
     for (auto& w : weights) w = select_blocks(w, blocks, width, 1);
   }
-  return factorized ? factorized_reduce(x, weights[0], weights[1])
-                    : batch_norm(at::conv2d(at::relu(x), weights[0]));
+  return factorized ? factorized_reduce(parts, weights[0], weights[1], k) : conv1x1_bn(parts, weights[0], true, k);
 }
 
 struct Edge {
@@ -175,7 +211,7 @@ struct Edge {
 
 CellOutput run_cell(const std::vector<Edge>& edges, const std::vector<int64_t>& outputs, int64_t num_nodes,
                     bool reduction, bool reduction_prev, const CellOutput& in_pp, const CellOutput& in_p,
-                    ParamCursor& p) {
+                    ParamCursor& p, const Kernels& k) {
   // Live nodes: those reaching an output through non-null edges (targets visited high to low).
   std::vector<char> live(num_nodes + 2, 0);
   for (int64_t s : outputs) live[s] = 1;
@@ -185,8 +221,8 @@ CellOutput run_cell(const std::vector<Edge>& edges, const std::vector<int64_t>& 
       if (e.to == t && e.op != kNull) live[e.from] = 1;
   }
   std::vector<at::Tensor> nodes(num_nodes + 2);
-  nodes[0] = preprocess(in_pp, live[0], reduction_prev, p, num_nodes);
-  nodes[1] = preprocess(in_p, live[1], false, p, num_nodes);
+  nodes[0] = preprocess(in_pp, live[0], reduction_prev, p, num_nodes, k);
+  nodes[1] = preprocess(in_p, live[1], false, p, num_nodes, k);
   // Every non-null edge owns a slice of the parameter list, executed or not.
   std::vector<size_t> offsets(edges.size());
   for (size_t j = 0; j < edges.size(); ++j) {
@@ -208,7 +244,7 @@ CellOutput run_cell(const std::vector<Edge>& edges, const std::vector<int64_t>& 
         if (edges[k].op == e.op && edges[k].from == e.from) y = value;
       if (!y.defined()) {
         p.seek(offsets[j]);
-        y = run_op(e.op, nodes[e.from], reduction && e.from < 2 ? 2 : 1, p);
+        y = run_op(e.op, nodes[e.from], reduction && e.from < 2 ? 2 : 1, p, k);
         done.emplace_back(j, y);
       }
       total = total.defined() ? total + y : y;
@@ -240,7 +276,7 @@ at::Tensor classify(const CellOutput& out, const at::Tensor& weight, const at::T
 }
 
 at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, const at::Tensor& arch_outputs,
-                            at::IntArrayRef reduction_cells, at::TensorList params_list) {
+                            at::IntArrayRef reduction_cells, at::TensorList params_list, bool cpu_kernels) {
   TORCH_CHECK(arch_edges.dim() == 3 && arch_edges.size(2) == 3 && arch_edges.scalar_type() == at::kLong &&
                   arch_edges.device().is_cpu(),
               "executor_forward: edges must be a CPU int64 tensor (layers, edges, 3) of (op, from, to)");
@@ -254,9 +290,10 @@ at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, c
   const auto oa = o.accessor<int64_t, 2>();
   const std::vector<at::Tensor> params(params_list.begin(), params_list.end());
   ParamCursor p(params);
+  const Kernels kernels{cpu_kernels};
 
   const at::Tensor& stem_weight = p.take();
-  const at::Tensor stem = batch_norm(at::conv2d(x, stem_weight, {}, 1, 1));
+  const at::Tensor stem = batch_norm(at::conv2d(x, stem_weight, {}, 1, 1), kernels);
   CellOutput pp{{stem}, {}}, prev{{stem}, {}};
   bool reduction_prev = false;
   for (int64_t i = 0; i < layers; ++i) {
@@ -276,7 +313,7 @@ at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, c
       TORCH_CHECK(s >= 2 && s <= num_nodes + 1, "executor_forward: cell ", i, " outputs node ", s);
       outputs.push_back(s);
     }
-    CellOutput out = run_cell(edges, outputs, num_nodes, reduction, reduction_prev, pp, prev, p);
+    CellOutput out = run_cell(edges, outputs, num_nodes, reduction, reduction_prev, pp, prev, p, kernels);
     pp = std::move(prev);
     prev = std::move(out);
     reduction_prev = reduction;
@@ -294,6 +331,8 @@ at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, c
 
 // A composite (autograd-transparent) operator: autograd records the ATen calls inside, on any device.
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
-  m.def("executor_forward(Tensor x, Tensor edges, Tensor outputs, int[] reduction_cells, Tensor[] params) -> Tensor",
-        &natfast::executor::executor_forward);
+  m.def(
+      "executor_forward(Tensor x, Tensor edges, Tensor outputs, int[] reduction_cells, Tensor[] params, "
+      "bool cpu_kernels=False) -> Tensor",
+      &natfast::executor::executor_forward);
 }

@@ -77,11 +77,16 @@ def main(argv: List[str]) -> Dict:
                                    args.repeats)
         result[f"{name}_ms"], result[f"reference_{name}_ms"] = ms["fast"], ms["reference"]
         result[f"{name}_speedup"] = round(ms["reference"] / ms["fast"], 2)
-    # The compiled executor's saving in per-step Python/dispatch overhead (same kernels: ATen's).
+    # The compiled executor's saving in per-step Python/dispatch overhead, each pair on the same
+    # kernels: ATen's (the reference backend), and the default backends (natfast's CPU kernels).
     if executor.available():
         ms = interleaved_median_ms({"executor": stepper(s.update_w, 0, "reference", executor_on=True),
-                                    "python": stepper(s.update_w, 0, "reference")}, args.repeats)
+                                    "python": stepper(s.update_w, 0, "reference"),
+                                    "executor_auto": stepper(s.update_w, 0, executor_on=True),
+                                    "python_auto": stepper(s.update_w, 0)}, args.repeats)
         result["executor_update_w_ms"], result["python_path_aten_update_w_ms"] = ms["executor"], ms["python"]
+        result["executor_auto_update_w_ms"] = ms["executor_auto"]
+        result["python_path_auto_update_w_ms"] = ms["python_auto"]
     # Policy step with m x n = 4 x 4: batched vs sequential, both on the default backend (what
     # batching gives), and the authors' way on plain PyTorch ops (what their users wait).
     s.cfg.num_inputs, s.cfg.num_samples = 4, 4

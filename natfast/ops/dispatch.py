@@ -75,6 +75,13 @@ def _forced() -> tuple[Optional[str], Mapping[str, str]]:
     return _parse_env(os.environ.get("NATFAST_BACKEND", "auto"))
 
 
+def forced_backend(op: str) -> Optional[str]:
+    """The backend forced for `op` (per-op override, else the global one), or None when the choice
+    is automatic."""
+    forced, per_op = _forced()
+    return per_op.get(op, forced)
+
+
 @contextlib.contextmanager
 def use_backend(name: str = "reference", **per_op: str) -> Iterator[None]:
     """Force a backend for the calls in this block (`name="auto"` restores the default choice)."""
