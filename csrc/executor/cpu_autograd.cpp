@@ -14,8 +14,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-constexpr double kEps = 1e-5;  // natfast.ops.norm.EPS
-
 // Groups: none (one group, the whole batch): the executor runs one architecture on its batch.
 const std::vector<int64_t> kOneGroup;
 

@@ -11,6 +11,8 @@ namespace natfast {
 namespace executor {
 namespace cpu_autograd {
 
+constexpr double kEps = 1e-5;  // BN's epsilon: natfast.ops.norm.EPS
+
 // Whether the kernels take x: a CPU float32/float64 tensor (others run ATen's ops).
 bool takes(const at::Tensor& x);
 

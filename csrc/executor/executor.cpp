@@ -28,7 +28,7 @@ enum Op : int64_t {
   kDilConv3, kDilConv5, kConv1, kConv3, kConv5, kNull, kNumOps
 };
 
-constexpr double kEps = 1e-5;  // natfast.ops.norm.EPS
+using cpu_autograd::kEps;
 
 // Which kernels run the ops: natfast's CPU kernels (where the tensor suits them) or ATen's.
 struct Kernels {
