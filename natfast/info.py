@@ -8,12 +8,12 @@ from typing import Any, Dict
 
 import torch
 
-from . import _ext
+from . import _ext, executor
 from .ops import dispatch
 from .ops.backends import load_all
 
-OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "group_batch_norm", "pool2d", "pool_bn", "gcn_policy_logits",
-       "masked_sample", "bn_node_sum")
+OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "conv1x1_bn", "cat_conv1x1_bn", "group_batch_norm", "pool2d",
+       "pool_bn", "gcn_policy_logits", "masked_sample", "bn_node_sum")
 
 
 def collect() -> Dict[str, Any]:
@@ -38,15 +38,22 @@ def collect() -> Dict[str, Any]:
         "extension": ext_status,
         "backends": dict(status),
         "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
+        "executor": _executor_status(),
         "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
     }
     return info
 
 
+def _executor_status() -> str:
+    if not executor.available():
+        return "inactive (natfast._C without natfast::executor_forward, or NATFAST_EXECUTOR=0)"
+    kernels = "natfast's C++ kernels" if executor._cpu_kernels(torch.empty(0)) else "ATen's ops"
+    return f"available (--executor): on a CPU it runs {kernels}, on a GPU ATen's ops"
+
+
 def _chosen(op: str, device_type: str) -> str:
     """The backend that would run `op` on this device (ignoring shape-specific declines)."""
-    forced, per_op = dispatch._forced()
-    wanted = per_op.get(op, forced)
+    wanted = dispatch.forced_backend(op)
     registered = dispatch.registered(op)
     if wanted is not None:
         return wanted if wanted in registered else "reference"
@@ -69,6 +76,7 @@ def format_text(info: Dict[str, Any]) -> str:
              f"GPU: {info['gpu'] or 'none'}   CPU threads: {info['threads']}   CPU SIMD: {info['cpu_capability']}",
              f"extension: {info['extension']}"]
     lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
+    lines.append(f"executor: {info['executor']}")
     lines.append(f"forced backend (NATFAST_BACKEND): {info['forced_backend']}")
     for op, per_dev in info["dispatch"].items():
         lines.append(f"  {op:18s} " + "  ".join(f"{d}: {b}" for d, b in per_dev.items()))
