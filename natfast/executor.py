@@ -60,14 +60,14 @@ class ExecutorPlan:
 
     def _execute(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.natfast.executor_forward(x, self.edges, self.outputs, self.reduction_cells, self.params,
-                                                  _cpu_kernels(x))
+                                                  runs_cpu_kernels(x))
 
 
 # The Python path's ops that the executor also runs on natfast's C++ CPU kernels.
 _CPU_KERNEL_OPS = ("relu_dwconv", "conv1x1_bn", "cat_conv1x1_bn", "pool_bn", "group_batch_norm")
 
 
-def _cpu_kernels(x: torch.Tensor) -> bool:
+def runs_cpu_kernels(x: torch.Tensor) -> bool:
     """Whether the executor runs natfast's C++ CPU kernels, as the Python path would; a backend
     forced for any of their ops (use_backend, NATFAST_BACKEND) gives ATen's ops instead."""
     return x.device.type == "cpu" and all(

@@ -47,7 +47,7 @@ def collect() -> Dict[str, Any]:
 def _executor_status() -> str:
     if not executor.available():
         return "inactive (natfast._C without natfast::executor_forward, or NATFAST_EXECUTOR=0)"
-    kernels = "natfast's C++ kernels" if executor._cpu_kernels(torch.empty(0)) else "ATen's ops"
+    kernels = "natfast's C++ kernels" if executor.runs_cpu_kernels(torch.empty(0)) else "ATen's ops"
     return f"available (--executor): on a CPU it runs {kernels}, on a GPU ATen's ops"
 
 

@@ -228,28 +228,32 @@ class Supernet(nn.Module):
             blocks = None if out.blocks is None else tuple(blk for _, blk in parts)
             key = (tag, index, out.key)
             requests.append((lane, key, out, blocks))
+        reads_nodes = None  # decided once: every lane's tensors share device and dtype
         # One batched call per distinct channel subset.
         for blocks, reqs in itertools.groupby(sorted(requests, key=lambda r: str(r[3])), key=lambda r: r[3]):
             reqs = list(reqs)
             like = next(v.tensor for v in reqs[0][2].values if v.tensor is not None)
+            if reads_nodes is None:
+                reads_nodes = self._reads_nodes_in_place(ctx, module, like)
             cidx = None if blocks is None else _channel_index(blocks, like)
-            sources = [(key, self._preprocess_source(ctx, module, out)) for _, key, out, _ in reqs]
+            # A cell output's nodes as a list (read in place), or the CellOutput (read as the ReLU
+            # of their concatenation, computed once for both cells that preprocess it).
+            sources = [(key, out.tensors() if reads_nodes and out.blocks is not None else out)
+                       for _, key, out, _ in reqs]
             vals = ctx.batched((tag, index, blocks), sources, functools.partial(_preprocess_call, module, cidx))
             for (lane, *_), v in zip(reqs, vals):
                 results[lane] = v
         return results
 
     @staticmethod
-    def _preprocess_source(ctx, module, out: CellOutput):
-        """What the preprocessing reads of a cell output. Where a fused kernel reads the node
-        tensors in place (a CPU with the C++ kernels), both consumers take the tensors
-        (FactorizedReduce slices them before its ReLU) and the concatenation is never built;
-        otherwise the ReLU of their concatenation, computed once for the two cells that read it."""
-        tensors = out.tensors()
-        if out.blocks is None or ctx.concatenating(tensors[0]):
-            return out
-        weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a
-        return tensors if fused.has_fused_cat_conv1x1_bn(tensors, weight, None) else out
+    def _reads_nodes_in_place(ctx, module, like: torch.Tensor) -> bool:
+        """Whether the preprocessing reads a cell output's node tensors in place: where a fused
+        kernel does (a CPU with the C++ kernels), both consumers take the tensors (FactorizedReduce
+        slices them before its ReLU) and the concatenation is never built."""
+        if ctx.concatenating(like):
+            return False
+        weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a  # (its dtype)
+        return fused.has_fused_cat_conv1x1_bn([like], weight, None)
 
     def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes) -> List[CellOutput]:
         b = self.family.num_nodes

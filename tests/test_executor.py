@@ -82,11 +82,11 @@ def test_cpu_kernels_follow_the_backend_choice():
     """The executor runs natfast's CPU kernels exactly when the Python path would."""
     x = torch.randn(2, 3, 8, 8)
     expected = "cpu" in dispatch.registered("conv1x1_bn")
-    assert executor._cpu_kernels(x) == expected
+    assert executor.runs_cpu_kernels(x) == expected
     with dispatch.use_backend("reference"):
-        assert not executor._cpu_kernels(x)
+        assert not executor.runs_cpu_kernels(x)
     with dispatch.use_backend("auto", pool_bn="reference"):
-        assert not executor._cpu_kernels(x)
+        assert not executor.runs_cpu_kernels(x)
 
 
 @pytest.mark.parametrize("name", sorted(NAMED))
