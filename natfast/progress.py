@@ -26,6 +26,13 @@ class Progress:
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         self.stream.flush()
 
+    def clear(self) -> None:
+        """Erase the bar's line on a terminal, so that a log line can be printed in its place
+        (the next update redraws the bar)."""
+        if self.enabled and self.tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
     def close(self) -> None:
         if self.enabled and self.tty:
             self.stream.write("\n")

@@ -74,6 +74,33 @@ def search_loaders(cfg, ds: ArrayDataset) -> tuple:
     return w_loader, theta_loader
 
 
+class PhaseSummary:
+    """Means of one phase's step records, logged as one line when the phase ends (the
+    per-step records are in metrics.jsonl). After a resume it covers the steps run since."""
+
+    SKIP = ("step", "epoch", "batch", "seconds")
+
+    def __init__(self, epoch: int, phase: str):
+        self.epoch, self.phase = epoch, phase
+        self.sums: Dict[str, float] = {}
+        self.steps = 0
+        self.seconds = 0.0
+
+    def add(self, record: Dict) -> None:
+        self.steps += 1
+        self.seconds += record["seconds"]
+        for k, v in record.items():
+            if k not in self.SKIP and isinstance(v, (int, float)):
+                self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> Dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+    def line(self) -> str:
+        means = " ".join(f"{k} {v:.4f}" for k, v in self.means().items())
+        return f"epoch {self.epoch} {self.phase} (means of {self.steps} steps, {self.seconds:.1f} s): {means}"
+
+
 @dataclass
 class Position:
     """Where the run is: the next step to take."""
@@ -183,6 +210,7 @@ class Searcher:
         for g in self.w_optimizer.param_groups:
             g["lr"] = self.w_lr(pos.epoch)
         record: Dict[str, float] = {}
+        summary = PhaseSummary(pos.epoch, pos.phase)
         for x, y in loader.epoch(pos.epoch, pos.batch):
             start = time.perf_counter()
             gen = step_generator(cfg.seed, pos.step, 0)
@@ -190,6 +218,7 @@ class Searcher:
             record.update(step=pos.step, epoch=pos.epoch, phase=pos.phase, batch=pos.batch,
                           seconds=round(time.perf_counter() - start, 4))
             metrics_file.write(json.dumps(record) + "\n")
+            summary.add(record)
             pos.step += 1
             pos.batch += 1
             bar.update(pos.step, f"epoch {pos.epoch} {pos.phase} " + " ".join(
@@ -201,6 +230,8 @@ class Searcher:
                 if pos.batch == len(loader):
                     self._advance_phase()
                 return record
+        bar.clear()
+        self.log(summary.line())
         self._advance_phase()
         return record
 

@@ -75,6 +75,24 @@ def test_metrics_log_has_both_phases(tmp_path):
     assert all("reward" in r and "entropy" in r for r in rows if r["phase"] == "theta")
 
 
+def test_each_finished_phase_logs_the_means_of_its_steps(tmp_path):
+    import json
+    lines = []
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SMALL, "epochs": 2})
+    Searcher(cfg, log=lines.append).run()
+    rows = [json.loads(line) for line in Path(cfg.out, "metrics.jsonl").read_text().splitlines()]
+    summaries = [line for line in lines if line.startswith("epoch ")]
+    assert [s.split(" (")[0] for s in summaries] == ["epoch 0 w", "epoch 0 theta", "epoch 1 w", "epoch 1 theta"]
+    for line in summaries:
+        epoch, phase = int(line.split()[1]), line.split()[2]
+        mine = [r for r in rows if r["epoch"] == epoch and r["phase"] == phase]
+        assert f"means of {len(mine)} steps" in line
+        logged = dict(zip(*[iter(line.split("): ")[1].split())] * 2))
+        keys = ("loss", "acc") if phase == "w" else ("loss", "reward", "entropy", "beta_acc", "alpha_acc")
+        for k in keys:
+            assert float(logged[k]) == pytest.approx(sum(r[k] for r in mine) / len(mine), abs=1e-4), (line, k)
+
+
 def test_derive_argmax_and_best_of_k(tmp_path):
     s = _run(tmp_path, "run", epochs=1)
     result = load_search(os.path.join(s.cfg.out, "checkpoint.pt"))
