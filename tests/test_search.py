@@ -148,3 +148,31 @@ def test_policy_gradient_of_m_by_n_pairs_is_the_average_of_per_pair_gradients(tm
             pairs += 1
     for n in batched:
         torch.testing.assert_close(batched[n], expected[n] / pairs, rtol=1e-4, atol=1e-6)
+
+
+def test_search_quality_script_scores_policy_and_random_transformations(tmp_path):
+    """bench/search_quality.py on a small search: every input's row, accuracies in [0, 1], costs
+    reported, and the argmax transformation valid. (Its cost may exceed the input's: a pool
+    turned into a skip on a reduction edge becomes a FactorizedReduce, which has weights.)"""
+    import json
+    import subprocess
+    import sys
+    from natfast.genotype import parse
+    s = _run(tmp_path, "run", epochs=1)
+    out = tmp_path / "quality.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "search_quality.py"), "--checkpoint",
+                           str(Path(s.cfg.out, "checkpoint.pt")), "--random-inputs", "1", "--samples", "2",
+                           "--images", "50", "--batch-size", "25", "--json", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["input"] for r in rows] == ["DARTS", "ResBlock", "VGG", "random0"]
+    for r in rows:
+        for k in ("beta_acc", "argmax_acc", "policy_mean_acc", "policy_best_acc", "random_mean_acc", "random_best_acc"):
+            assert 0.0 <= r[k] <= 1.0
+        assert r["policy_mean_acc"] <= r["policy_best_acc"] and r["random_mean_acc"] <= r["random_best_acc"]
+        assert r["beta_params_m"] > 0 and r["argmax_madds_m"] > 0
+    darts_alpha = parse(rows[0]["argmax"])
+    assert is_valid_transformation(get_named("DARTS")[0], darts_alpha, "nat", s.family.primitives)
+    assert "| DARTS |" in proc.stdout
