@@ -228,12 +228,15 @@ class Searcher:
                 self.save(os.path.join(cfg.out, "checkpoint.pt"))
             if cfg.max_steps and pos.step >= cfg.max_steps:
                 if pos.batch == len(loader):
-                    self._advance_phase()
+                    self._finish_phase(summary, bar)
                 return record
+        self._finish_phase(summary, bar)
+        return record
+
+    def _finish_phase(self, summary: PhaseSummary, bar: Progress) -> None:
         bar.clear()
         self.log(summary.line())
         self._advance_phase()
-        return record
 
     def _advance_phase(self) -> None:
         pos = self.position

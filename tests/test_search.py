@@ -93,6 +93,13 @@ def test_each_finished_phase_logs_the_means_of_its_steps(tmp_path):
             assert float(logged[k]) == pytest.approx(sum(r[k] for r in mine) / len(mine), abs=1e-4), (line, k)
 
 
+def test_a_phase_ended_by_max_steps_is_summarised_too(tmp_path):
+    lines = []
+    cfg = SearchConfig(out=str(tmp_path / "run"), **{**SMALL, "max_steps": 4})  # the w phase's 4 steps
+    Searcher(cfg, log=lines.append).run()
+    assert [line.split(" (")[0] for line in lines if line.startswith("epoch ")] == ["epoch 0 w"]
+
+
 def test_derive_argmax_and_best_of_k(tmp_path):
     s = _run(tmp_path, "run", epochs=1)
     result = load_search(os.path.join(s.cfg.out, "checkpoint.pt"))
