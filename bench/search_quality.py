@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from natfast.data import BatchLoader, load_cifar10
@@ -52,8 +53,9 @@ def main() -> None:
     result = load_search(args.checkpoint, args.device)
     test = load_cifar10(args.data, "test")
     n = len(test) if args.images <= 0 else min(args.images, len(test))
-    # The test images are stored sorted by class: take an even spread of them, not the first n.
-    indices = torch.linspace(0, len(test) - 1, n).round().long().numpy()
+    # A random subset in random order: the supernet's BN uses each batch's statistics, so every
+    # batch must mix the classes (the offline test split is stored sorted by class).
+    indices = np.random.default_rng(args.seed).permutation(len(test))[:n]
     loader = BatchLoader(test, indices, args.batch_size, shuffle=False, augment=False, drop_last=False)
     random_policy = make_policy("random", result.policy.primitives, result.policy.rule)
     gen = torch.Generator().manual_seed(args.seed)
