@@ -1,5 +1,8 @@
 """The alternating trainer: exact resume, checkpoints, derive."""
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,7 @@ import torch
 from natfast import checkpoint as ckpt
 from natfast.config import SearchConfig
 from natfast.derive import load_search, transform_argmax, transform_best_of_k, validation_loader
-from natfast.genotype import get_named
+from natfast.genotype import get_named, parse
 from natfast.search import Searcher
 from natfast.transitions import is_valid_transformation
 
@@ -69,14 +72,12 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, content, match):
 
 def test_metrics_log_has_both_phases(tmp_path):
     s = _run(tmp_path, "run", epochs=1)
-    import json
     rows = [json.loads(line) for line in Path(s.cfg.out, "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["w"] * 4 + ["theta"] * 6
     assert all("reward" in r and "entropy" in r for r in rows if r["phase"] == "theta")
 
 
 def test_each_finished_phase_logs_the_means_of_its_steps(tmp_path):
-    import json
     lines = []
     cfg = SearchConfig(out=str(tmp_path / "run"), **{**SMALL, "epochs": 2})
     Searcher(cfg, log=lines.append).run()
@@ -161,10 +162,6 @@ def test_search_quality_script_scores_policy_and_random_transformations(tmp_path
     """bench/search_quality.py on a small search: every input's row, accuracies in [0, 1], costs
     reported, and the argmax transformation valid. (Its cost may exceed the input's: a pool
     turned into a skip on a reduction edge becomes a FactorizedReduce, which has weights.)"""
-    import json
-    import subprocess
-    import sys
-    from natfast.genotype import parse
     s = _run(tmp_path, "run", epochs=1)
     out = tmp_path / "quality.json"
     root = Path(__file__).resolve().parents[1]
