@@ -58,11 +58,15 @@ def assert_same(net, genotype, x, tol, backend="reference"):
     torch.testing.assert_close(got[1], expected[1], **tol)
     assert got[2].keys() == expected[2].keys(), "the executor touched other parameters than the Python path"
     for name in expected[2]:
-        torch.testing.assert_close(got[2][name], expected[2][name], **tol, msg=lambda m, n=name: f"{n}: {m}")
+        # A weight gradient sums many products whose order differs between the two sides, so its
+        # rounding scales with the gradient's largest entry, not with each (possibly tiny) entry.
+        scale = max(1.0, expected[2][name].abs().max().item())
+        torch.testing.assert_close(got[2][name], expected[2][name], rtol=tol["rtol"], atol=tol["atol"] * scale,
+                                   msg=lambda m, n=name: f"{n}: {m}")
 
 
 FAMILIES = ["darts", "enas", "darts++", "enas++"]
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=5e-5)}
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)
