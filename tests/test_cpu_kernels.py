@@ -443,3 +443,100 @@ def test_cat_conv1x1_bn_bad_input_is_a_clear_error():
         torch.ops.natfast.cpu_conv1x1_bn_forward([a, b.double()], torch.randn(5, 5, 1, 1), [], 1e-5, False)
     with pytest.raises(RuntimeError, match="at least one input part"):
         torch.ops.natfast.cpu_conv1x1_bn_forward([], torch.randn(5, 5, 1, 1), [], 1e-5, False)
+
+
+# ----------------------------------------------------------------- scoring: dil_conv_bn, sep_conv_bn
+def _dwconv_pointwise_inputs(n, c, c_out, k, h, w, dtype, gen):
+    x = _random((n, c, h, w), dtype, gen) + 0.2
+    return x, _random((c, 1, k, k), dtype, gen), _random((c_out, c, 1, 1), dtype, gen)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2), (5, 2, 2)])
+@pytest.mark.parametrize("blas", ["1", "0"])
+def test_dil_conv_bn_scoring_equals_reference(dtype, kernel, stride, dilation, blas, monkeypatch):
+    """Forward only (nothing recorded): the one-pass kernel equals the reference, with per-group
+    statistics, odd sizes, more outputs than inputs, a plane narrower than a vector, batch 1."""
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    from natfast.ops.fused import dil_conv_bn, dil_conv_bn_reference
+    gen = torch.Generator().manual_seed(16)
+    for n, c, c_out, h, w, sizes in [(6, 5, 7, 9, 7, (3, 1, 2)), (4, 8, 8, 16, 13, None), (1, 3, 2, 6, 5, None),
+                                     (5, 4, 6, 3, 3, (2, 3))]:
+        x, dw, pw = _dwconv_pointwise_inputs(n, c, c_out, kernel, h, w, dtype, gen)
+        with dispatch.use_backend("reference"):
+            expected = dil_conv_bn_reference(x, dw, pw, stride, dilation, sizes)
+        with torch.inference_mode(), dispatch.recording() as used:
+            got = dil_conv_bn(x, dw, pw, stride, dilation, sizes)
+        assert used["dil_conv_bn"] == {"cpu"}
+        torch.testing.assert_close(got, expected, **TOL[dtype])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("blas", ["1", "0"])
+def test_sep_conv_bn_scoring_equals_reference(dtype, kernel, stride, blas, monkeypatch):
+    """The second half applies the first half's normalisation as it reads each plane: the result
+    equals the reference and, exactly, the unfused CPU kernels (the same arithmetic in the same
+    order)."""
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    from natfast.ops.fused import sep_conv_bn, sep_conv_bn_reference
+    gen = torch.Generator().manual_seed(17)
+    for n, c, c_out, h, w, sizes in [(6, 5, 7, 9, 7, (3, 1, 2)), (4, 8, 8, 16, 13, None), (2, 3, 4, 5, 6, (1, 1))]:
+        x, dw1, pw1 = _dwconv_pointwise_inputs(n, c, c, kernel, h, w, dtype, gen)
+        dw2, pw2 = _random((c, 1, kernel, kernel), dtype, gen), _random((c_out, c, 1, 1), dtype, gen)
+        args = (x, dw1, pw1, dw2, pw2, stride, sizes)
+        with dispatch.use_backend("reference"):
+            expected = sep_conv_bn_reference(*args)
+        with torch.inference_mode():
+            with dispatch.recording() as used:
+                got = sep_conv_bn(*args)
+            assert used["sep_conv_bn"] == {"cpu"}
+            with dispatch.use_backend("cpu", sep_conv_bn="reference", dil_conv_bn="reference"):
+                unfused = sep_conv_bn(*args)
+        torch.testing.assert_close(got, expected, **TOL[dtype])
+        assert torch.equal(got, unfused)
+
+
+@needs_kernels
+def test_scoring_ops_leave_autograd_to_the_unfused_kernels():
+    """Under autograd the forward-only kernel declines, so gradients flow as before; the modules take
+    the scoring path only when nothing is recorded, with the same output."""
+    from natfast.ops.layers import DilConv, SepConv
+    gen = torch.Generator().manual_seed(18)
+    x = _random((4, 6, 8, 8), torch.float32, gen)
+    for module in (SepConv(6, 6, 3, 1, affine=False, track=False), DilConv(6, 8, 5, 2, 2, affine=False, track=False)):
+        with dispatch.recording() as training:
+            y = module(x, (1, 3))
+        y.sum().backward()
+        assert all(p.grad is not None for p in module.parameters())
+        assert training.get("sep_conv_bn") is None and training.get("dil_conv_bn") is None
+        assert training["relu_dwconv"] == {"cpu"} and training["conv1x1_bn"] == {"cpu"}
+        with torch.no_grad(), dispatch.recording() as scoring:
+            scored = module(x, (1, 3))
+        assert scoring.get("sep_conv_bn", scoring.get("dil_conv_bn")) == {"cpu"}
+        assert torch.equal(scored, y.detach())
+
+
+@needs_kernels
+def test_scoring_ops_bad_input_is_a_clear_error():
+    from natfast.ops.fused import dil_conv_bn, sep_conv_bn
+    x = torch.randn(2, 3, 6, 6)
+    dw, pw = torch.randn(3, 1, 3, 3), torch.randn(4, 3, 1, 1)
+    with pytest.raises(ValueError, match=r"\(C, 1, k, k\) depthwise weight"):
+        dil_conv_bn(x, torch.randn(4, 1, 3, 3), pw)
+    with pytest.raises(ValueError, match=r"\(C_out, 3, 1, 1\) pointwise weight"):
+        dil_conv_bn(x, dw, torch.randn(4, 5, 1, 1))
+    with pytest.raises(ValueError, match="add up"):
+        dil_conv_bn(x, dw, pw, groups=(1, 2))
+    with pytest.raises(ValueError, match="keeps the 3 channels"):
+        sep_conv_bn(x, dw, pw, dw, pw)
+    with pytest.raises(RuntimeError, match="give both in_scale and in_shift"):
+        torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, torch.ones(1, 3, dtype=torch.float64), None, dw, pw, 1, 1,
+                                                         [], 1e-5, True)
+    with pytest.raises(RuntimeError, match=r"float64 \(groups, C\)"):
+        torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, torch.ones(2, 3), torch.ones(2, 3), dw, pw, 1, 1,
+                                                         [1, 1], 1e-5, True)
+    with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
+        torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw, pw, 3, 1, [], 1e-5, True)

@@ -4,6 +4,7 @@
 // directly rather than through the dispatcher.
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -41,6 +42,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Te
                                                                     const at::Tensor& weight, const at::Tensor& y,
                                                                     const at::Tensor& rstd, at::IntArrayRef groups,
                                                                     bool relu_input);
+
+// dwconv_pointwise_bn.cpp (forward only)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_pointwise_bn_forward(
+    const at::Tensor& x, const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& in_shift,
+    const at::Tensor& dw_weight, const at::Tensor& pw_weight, int64_t stride, int64_t dilation, at::IntArrayRef groups,
+    double eps, bool normalize);
 
 }  // namespace cpu
 }  // namespace natfast

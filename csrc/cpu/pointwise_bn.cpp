@@ -11,7 +11,6 @@
 //             grad_x_nk = W_k^T . t_n (masked by x_nk > 0 under ReLU) and this sample's weight
 //             gradient t_n . f(x_nk)^T, summed in a fixed order (deterministic at any thread count).
 #include <ATen/Parallel.h>
-#include <dlfcn.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -19,6 +18,7 @@
 #include <type_traits>
 
 #include "cpu/ops.h"
+#include "cpu/gemm.h"
 #include "cpu/group_norm.h"
 #include "cpu/plane_ops.h"
 
@@ -28,52 +28,6 @@ namespace {
 
 // Samples are split into at most this many fixed chunks for the weight gradient's partial sums.
 constexpr int64_t kWeightGradChunks = 16;
-
-// ------------------------------------------------------------------ per-sample GEMM
-// The Fortran BLAS that torch's CPU library carries (MKL or OpenBLAS export sgemm_/dgemm_) is
-// several times faster than natfast's own kernel once channels pass about 40; it is looked up at
-// run time, so a torch without it still works (on the PlaneKernels matmul). NATFAST_CPU_BLAS=0
-// forces natfast's kernel (tests cover both).
-// Integer arguments are passed as pointers to 64-bit values: on a little-endian CPU an LP64 BLAS
-// (32-bit integers, torch's usual MKL) reads their low half and an ILP64 one the whole value, the
-// same number either way.
-template <typename T>
-using FortranGemm = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const T*,
-                             const T*, const int64_t*, const T*, const int64_t*, const T*, T*, const int64_t*);
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "BLAS integer passing assumes a little-endian CPU");
-
-template <typename T>
-FortranGemm<T> find_blas() {
-  const char* name = std::is_same<T, float>::value ? "sgemm_" : "dgemm_";
-  void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-  void* fn = torch_cpu != nullptr ? dlsym(torch_cpu, name) : nullptr;
-  if (fn == nullptr) fn = dlsym(RTLD_DEFAULT, name);
-  return reinterpret_cast<FortranGemm<T>>(fn);
-}
-
-// The BLAS gemm, or nullptr where there is none or NATFAST_CPU_BLAS=0 (read on every call, so a
-// test can switch it).
-template <typename T>
-FortranGemm<T> blas() {
-  static const FortranGemm<T> found = find_blas<T>();
-  const char* off = std::getenv("NATFAST_CPU_BLAS");
-  return off != nullptr && std::strcmp(off, "0") == 0 ? nullptr : found;
-}
-
-// C (M x P) = A (M x K) . B (or C += that, with accumulate), row-major; B is K x P, or P x K when
-// b_transposed. (ReLU and masks are the caller's: BLAS has neither.)
-template <typename T>
-void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed,
-          bool accumulate, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
-  if (const FortranGemm<T> f = blas<T>()) {
-    // Column-major view: C^T (P x M) = op(B)^T (P x K) . A^T (K x M).
-    const int64_t m = P, n = M, k = K, ib = ldb, ia = lda, ic = ldc;
-    const T one = 1, beta = accumulate ? 1 : 0;
-    f(b_transposed ? "T" : "N", "N", &m, &n, &k, &one, B, &ib, A, &ia, &beta, C, &ic);
-    return;
-  }
-  kernels.matmul(A, lda, B, ldb, b_transposed, accumulate, C, ldc, M, K, P, panel);
-}
 
 // Sample n of the input that the parts concatenate, through the ReLU when relu is on: the parts'
 // planes gathered into scratch (a few hundred KB, so it stays in cache for the GEMM that reads it

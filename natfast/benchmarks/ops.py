@@ -1,5 +1,6 @@
 """Op benchmark (`natfast bench ops`): forward+backward time of each hot operation and of the supernet's
-op modules at the search shapes, fast path (dispatch "auto") vs the reference path, measured in the
+op modules at the search shapes (group "scoring": the sep_conv / dil_conv modules' forward alone
+under inference mode, as architectures are scored), fast path (dispatch "auto") vs the reference path, measured in the
 same run on the same inputs, with the achieved GFLOP/s against this machine's sgemm rate (also
 measured in this run).
 
@@ -52,10 +53,19 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) ->
     return step
 
 
-def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float, fused_op: Optional[str] = None) -> Dict:
+def _inference(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """One forward of fn on inputs under inference mode (scoring: nothing kept for a backward)."""
+    def step() -> None:
+        with torch.inference_mode():
+            fn(*inputs)
+    return step
+
+
+def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float,
+             fused_ops: Sequence[str] = ()) -> Dict:
     """fast (auto) vs reference median of the same step, interleaved, and the fast path's GFLOP/s.
-    For a fused op, also the fast path with that op unfused (its reference: the fast unfused ops
-    in sequence)."""
+    For fused ops, also the fast path with those ops unfused (their references: the fast unfused
+    ops in sequence)."""
     with dispatch.use_backend("auto"), dispatch.recording() as used:
         step()
 
@@ -66,8 +76,8 @@ def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float,
         return run
 
     variants = {"fast": under("auto"), "reference": under("reference")}
-    if fused_op is not None:
-        variants["unfused"] = under("auto", **{fused_op: "reference"})
+    if fused_ops:
+        variants["unfused"] = under("auto", **{op: "reference" for op in fused_ops})
     ms = interleaved_median_ms(variants, repeats, warmup=2)
     fast, ref = ms["fast"], ms["reference"]
     gflops = flops / fast / 1e6
@@ -76,7 +86,7 @@ def _compare(step: Callable[[], None], repeats: int, flops: float, sgemm: float,
            "fast_fraction_of_sgemm": round(gflops / sgemm, 4),
            # What "fast" ran: where the fast backend declines the inputs, it is the reference too.
            "fast_backends": {op: sorted(names) for op, names in sorted(used.items())}}
-    if fused_op is not None:
+    if fused_ops:
         row["unfused_fast_ms"] = ms["unfused"]
         row["fusion_speedup"] = round(row["unfused_fast_ms"] / fast, 2)
     return row
@@ -184,11 +194,20 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
     return cases
 
 
+def _scoring_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
+    """The sep_conv / dil_conv modules' forward alone (flops: one pass, not three)."""
+    return [(name, module, inputs, flops / 3) for name, module, inputs, flops in _module_cases(batch)
+            if name.startswith(("sep", "dil"))]
+
+
 GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
           "pool_bn": _pool_bn_cases, "conv1x1_bn": _conv1x1_bn_cases, "cat_conv1x1_bn": _cat_conv1x1_bn_cases,
-          "modules": _module_cases}
-# group: the fused dispatch op it times
-FUSED = {"pool_bn": "pool_bn", "conv1x1_bn": "conv1x1_bn", "cat_conv1x1_bn": "cat_conv1x1_bn"}
+          "modules": _module_cases, "scoring": _scoring_cases}
+# group: the fused dispatch ops it times
+FUSED = {"pool_bn": ("pool_bn",), "conv1x1_bn": ("conv1x1_bn",), "cat_conv1x1_bn": ("cat_conv1x1_bn",),
+         "scoring": ("sep_conv_bn", "dil_conv_bn")}
+# group: how one timed step runs a case (default: forward + backward)
+STEPS = {"scoring": _inference}
 
 
 def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups: Optional[Sequence[str]] = None,
@@ -206,7 +225,8 @@ def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups:
     for group in groups or GROUPS:
         table: Dict[str, Dict] = {}
         for name, fn, inputs, flops in GROUPS[group](batch):
-            table[name] = _compare(_fwd_bwd(fn, inputs), repeats, flops, sgemm, FUSED.get(group))
+            step = STEPS.get(group, _fwd_bwd)(fn, inputs)
+            table[name] = _compare(step, repeats, flops, sgemm, FUSED.get(group, ()))
             if not json_out:
                 row = table[name]
                 print(f"{name:40s} fast {row['fast_ms']:8.3f} ms  reference {row['reference_ms']:8.3f} ms  "

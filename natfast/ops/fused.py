@@ -5,6 +5,9 @@
 end of sep_conv/dil_conv and the cell preprocessing.
 `cat_conv1x1_bn`: conv1x1_bn of tensors concatenated along channels (a cell output's nodes), which
 a fused kernel reads in place instead of concatenating them.
+`dil_conv_bn` / `sep_conv_bn`: the supernet's whole dil_conv and sep_conv (relu_dwconv, then
+conv1x1_bn; twice for sep_conv). A backend may serve them for scoring only (no autograd recording),
+where nothing needs keeping for a backward and one pass per sample does the whole op.
 Each reference is the dispatched ops in sequence, so a backend without the fused kernel still gets
 its own unfused kernels (and use_backend("reference") gets plain PyTorch).
 """
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dispatch
+from .depthwise import relu_dwconv
 from .norm import EPS, group_batch_norm
 from .pointwise import conv1x1
 from .pool import pool2d
@@ -90,3 +94,52 @@ def has_fused_cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor
     a caller with several consumers of one concatenation does better sharing it)."""
     groups = tuple(groups) if groups is not None else None
     return dispatch.resolve("cat_conv1x1_bn", parts[0].device.type, list(parts), weight, groups, EPS, True)[0] != "reference"
+
+
+def dil_conv_bn_reference(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, stride: int,
+                          dilation: int, groups: Optional[Sequence[int]], eps: float = EPS) -> torch.Tensor:
+    return conv1x1_bn(relu_dwconv(x, dw_weight, stride, dilation), pw_weight, groups, eps)
+
+
+dispatch.register("dil_conv_bn", "reference", dil_conv_bn_reference)
+
+
+def _check_dwconv_pointwise(op: str, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
+                            groups: Optional[Sequence[int]]) -> None:
+    c = x.shape[1] if x.dim() == 4 else None
+    if x.dim() != 4 or dw_weight.dim() != 4 or tuple(dw_weight.shape[:2]) != (c, 1) or \
+            dw_weight.shape[2] != dw_weight.shape[3]:
+        raise ValueError(f"{op} needs an (N, C, H, W) input and a (C, 1, k, k) depthwise weight, got "
+                         f"{tuple(x.shape)} and {tuple(dw_weight.shape)}")
+    if pw_weight.dim() != 4 or tuple(pw_weight.shape[1:]) != (c, 1, 1):
+        raise ValueError(f"{op} needs a (C_out, {c}, 1, 1) pointwise weight, got {tuple(pw_weight.shape)}")
+    if groups is not None and sum(groups) != x.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {x.shape[0]}")
+
+
+def dil_conv_bn(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, stride: int = 1, dilation: int = 1,
+                groups: Optional[Sequence[int]] = None, eps: float = EPS) -> torch.Tensor:
+    """conv1x1_bn(relu_dwconv(x, dw_weight, stride, dilation), pw_weight, groups, eps): the supernet's
+    DilConv."""
+    _check_dwconv_pointwise("dil_conv_bn", x, dw_weight, pw_weight, groups)
+    return dispatch.call("dil_conv_bn", x, dw_weight, pw_weight, stride, dilation,
+                         tuple(groups) if groups is not None else None, eps)
+
+
+def sep_conv_bn_reference(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,
+                          stride: int, groups: Optional[Sequence[int]], eps: float = EPS) -> torch.Tensor:
+    return dil_conv_bn(dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps), dw2, pw2, 1, 1, groups, eps)
+
+
+dispatch.register("sep_conv_bn", "reference", sep_conv_bn_reference)
+
+
+def sep_conv_bn(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,
+                stride: int = 1, groups: Optional[Sequence[int]] = None, eps: float = EPS) -> torch.Tensor:
+    """dil_conv_bn(dil_conv_bn(x, dw1, pw1, stride), dw2, pw2): the supernet's SepConv (only the first
+    half strides)."""
+    _check_dwconv_pointwise("sep_conv_bn", x, dw1, pw1, groups)
+    if pw1.shape[0] != x.shape[1]:
+        raise ValueError(f"sep_conv_bn's first pointwise weight keeps the {x.shape[1]} channels, got {tuple(pw1.shape)}")
+    _check_dwconv_pointwise("sep_conv_bn", x, dw2, pw2, groups)
+    return dispatch.call("sep_conv_bn", x, dw1, pw1, dw2, pw2, stride, tuple(groups) if groups is not None else None, eps)

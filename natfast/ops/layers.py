@@ -87,6 +87,9 @@ class DilConv(nn.Module):
         self.norm = Norm(c_out, affine, track)
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        if self.norm.searching and not torch.is_grad_enabled():
+            # Scoring: the whole op in one forward-only pass per sample where a backend has it.
+            return fused.dil_conv_bn(x, self.depthwise, self.pointwise, self.stride, self.dilation, groups)
         y = relu_dwconv(x, self.depthwise, self.stride, self.dilation)
         if self.norm.searching:  # the supernet's BN: one fused pointwise conv + BN
             return fused.conv1x1_bn(y, self.pointwise, groups)
@@ -102,7 +105,12 @@ class SepConv(nn.Module):
         self.second = DilConv(c_in, c_out, kernel, 1, 1, affine, track)
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
-        return self.second(self.first(x, groups), groups)
+        first, second = self.first, self.second
+        if first.norm.searching and second.norm.searching and not torch.is_grad_enabled():
+            # Scoring: a backend may hand the first half's normalisation to the second half.
+            return fused.sep_conv_bn(x, first.depthwise, first.pointwise, second.depthwise, second.pointwise,
+                                     first.stride, groups)
+        return second(first(x, groups), groups)
 
 
 class Pool(nn.Module):

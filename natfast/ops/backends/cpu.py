@@ -1,7 +1,8 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
-`pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); and `conv1x1` as batched
-GEMMs (no compiled code: registered even without the extension).
+`pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `dil_conv_bn` and
+`sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as batched GEMMs (no
+compiled code: registered even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -22,7 +23,8 @@ from ... import _ext
 
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
-             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_backward")
+             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_backward",
+             "cpu_dwconv_pointwise_bn_forward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
 
@@ -189,6 +191,21 @@ def cat_conv1x1_bn_cpu(parts: Sequence[torch.Tensor], weight: torch.Tensor, grou
     return Conv1x1BatchNorm.apply(weight, tuple(groups) if groups is not None else (), eps, relu_input, *parts)
 
 
+def dil_conv_bn_cpu(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, stride: int, dilation: int,
+                    groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
+    return torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw_weight, pw_weight, stride, dilation,
+                                                             list(groups or ()), eps, True)[0]
+
+
+def sep_conv_bn_cpu(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,
+                    stride: int, groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
+    # The first half's normalisation is applied by the second half as it reads each plane.
+    groups = list(groups or ())
+    raw, scale, shift = torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw1, pw1, stride, 1, groups,
+                                                                         eps, False)
+    return torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(raw, scale, shift, dw2, pw2, 1, 1, groups, eps, True)[0]
+
+
 def _plain(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4
 
@@ -236,6 +253,23 @@ def _supports_cat_conv1x1_bn(parts, weight, groups, eps, relu_input) -> bool:
                                                                                               eps, relu_input)
 
 
+def _recording(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps) -> bool:
+    # Forward only: under autograd the reference (relu_dwconv, conv1x1_bn: each with its backward) runs.
+    if _recording(x, dw_weight, pw_weight) or not _supports_relu_dwconv(x, dw_weight, stride, dilation):
+        return False
+    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+    return pw_weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * out > 1
+
+
+def _supports_sep_conv_bn(x, dw1, pw1, dw2, pw2, stride, groups, eps) -> bool:
+    return (_supports_dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps) and not _recording(dw2, pw2)
+            and dw2.dtype == pw2.dtype == x.dtype and dw2.shape[-1] % 2 == 1 and dw2.shape[-1] <= _MAX_KERNEL)
+
+
 def register() -> str:
     """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
     try:
@@ -252,7 +286,9 @@ def register() -> str:
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
         dispatch.register("conv1x1_bn", "cpu", conv1x1_bn_cpu, supports=_supports_conv1x1_bn)
         dispatch.register("cat_conv1x1_bn", "cpu", cat_conv1x1_bn_cpu, supports=_supports_cat_conv1x1_bn)
+        dispatch.register("dil_conv_bn", "cpu", dil_conv_bn_cpu, supports=_supports_dil_conv_bn)
+        dispatch.register("sep_conv_bn", "cpu", sep_conv_bn_cpu, supports=_supports_sep_conv_bn)
         return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
-                "relu_conv2d")
+                "relu_conv2d, dil_conv_bn and sep_conv_bn (scoring)")
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
