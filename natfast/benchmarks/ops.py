@@ -1,8 +1,8 @@
 """Op benchmark (`natfast bench ops`): forward+backward time of each hot operation and of the supernet's
 op modules at the search shapes (group "scoring": the sep_conv / dil_conv modules' forward alone
-under inference mode, as architectures are scored), fast path (dispatch "auto") vs the reference path, measured in the
-same run on the same inputs, with the achieved GFLOP/s against this machine's sgemm rate (also
-measured in this run).
+under inference mode, as architectures are scored), fast path (dispatch "auto") vs the reference
+path, measured in the same run on the same inputs, with the achieved GFLOP/s against this
+machine's sgemm rate (also measured in this run).
 
 Shapes: batch 64; stride-1 ops at C = 20/40/80 with H = W = 32/16/8 (the three stages); stride-2
 ops at the reduction cells' inputs, C = 40 at 32 x 32 and C = 80 at 16 x 16.
