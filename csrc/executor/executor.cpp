@@ -89,18 +89,16 @@ at::Tensor dil_conv(const at::Tensor& x, const at::Tensor& dw, const at::Tensor&
   return conv1x1_bn({relu_dwconv(x, dw, stride, dilation, k)}, pw, false, k);
 }
 
-// The stride-2 1x1 convolutions read only the even (shifted: odd) pixels: those are taken from each
-// part, then the ReLU (as natfast/ops/layers.py FactorizedReduce).
+// The stride-2 1x1 convolutions read only the even (shifted: odd) pixels of each part. BN is per
+// channel, so each half is its own ReLU + 1x1 conv + BN (as natfast/ops/layers.py FactorizedReduce).
 at::Tensor factorized_reduce(const std::vector<at::Tensor>& parts, const at::Tensor& wa, const at::Tensor& wb,
                              const Kernels& k) {
   std::vector<at::Tensor> even, odd;
   for (const at::Tensor& part : parts) {
-    even.push_back(at::relu(part.slice(2, 0, {}, 2).slice(3, 0, {}, 2)));
-    odd.push_back(at::relu(part.slice(2, 1, {}, 2).slice(3, 1, {}, 2)));
+    even.push_back(part.slice(2, 0, {}, 2).slice(3, 0, {}, 2));
+    odd.push_back(part.slice(2, 1, {}, 2).slice(3, 1, {}, 2));
   }
-  const at::Tensor a = even.size() == 1 ? even[0] : at::cat(even, 1);
-  const at::Tensor b = odd.size() == 1 ? odd[0] : at::cat(odd, 1);
-  return batch_norm(at::cat({at::conv2d(a, wa), at::conv2d(b, wb)}, 1), k);
+  return at::cat({conv1x1_bn(even, wa, true, k), conv1x1_bn(odd, wb, true, k)}, 1);
 }
 
 at::Tensor relu_conv_bn(const at::Tensor& x, const at::Tensor& w, int64_t stride, const Kernels& k) {
