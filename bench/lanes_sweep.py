@@ -43,7 +43,7 @@ def main() -> None:
                 sequential_update_theta(s, x, y, step_generator(0, r, 2))
             else:
                 Supernet.LANES_AT_ONCE = v
-                s.update_theta(x, y, step_generator(0, r, 1))
+                s.update_theta(x, y, step_generator(0, r, 2))  # the same draws as the sequential way
             times[v].append(time.perf_counter() - start)
             faults[v] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     print(f"policy step 4 x 4, batch 64, 8 cells, C=20; freed memory kept: {kept}")

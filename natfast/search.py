@@ -143,12 +143,20 @@ class Searcher:
         self.w_optimizer.step()
         return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
-    def update_theta(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+    def draw_transformations(self, gen: torch.Generator) -> tuple:
+        """The policy step's draws: m = num_inputs input architectures, and n = num_samples
+        transformations of all of them from one policy pass. Returns (betas, samples, alphas),
+        samples[j].targets[2i:2i+2] transforming betas[i] into alphas[j][i]."""
         cfg = self.cfg
         betas = [sample_genotype(self.family, gen) for _ in range(cfg.num_inputs)]
         cells = [c for b in betas for c in (b.normal, b.reduce)]
         samples = self.policy.sample(cells, gen, cfg.num_samples)
         alphas = [[self.policy.to_genotype(b, s.targets[2 * i: 2 * i + 2]) for i, b in enumerate(betas)] for s in samples]
+        return betas, samples, alphas
+
+    def update_theta(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+        cfg = self.cfg
+        betas, samples, alphas = self.draw_transformations(gen)
         accs = score_batch(self.supernet, x, y, betas + [a for row in alphas for a in row])
         beta_acc = torch.tensor(accs[: len(betas)])
         alpha_acc = torch.tensor(accs[len(betas):]).view(len(samples), len(betas))

@@ -406,6 +406,7 @@ def test_cat_conv1x1_bn_reads_parts_in_place_equals_reference(dtype, relu_input,
     gen = torch.Generator().manual_seed(14)
     # Parts of unequal widths (a part narrower than a vector), one part, a non-contiguous part;
     # batch 37 spreads the weight gradient's chunks unevenly.
+    # (Views are read in place by the forward: FactorizedReduce's pixel subsamples are tested below.)
     for n, widths, c_out, h, w in [(6, (4, 4, 4, 4), 4, 5, 6), (6, (3, 1, 7), 9, 4, 3), (37, (5,), 6, 3, 4),
                                    (5, (2, 6), 3, 8, 8)]:
         parts = [_random((n, c, h, w), dtype, gen) + 0.2 for c in widths]
@@ -417,6 +418,30 @@ def test_cat_conv1x1_bn_reads_parts_in_place_equals_reference(dtype, relu_input,
             ref = _run(lambda b, *ps: cat_conv1x1_bn_reference(ps, b, sizes, 1e-5, relu_input), [weight, *parts], g)
         assert dispatch.resolve("cat_conv1x1_bn", "cpu", parts, weight, sizes, 1e-5, relu_input)[0] == "cpu"
         fast = _run(lambda b, *ps: cpu_backend.cat_conv1x1_bn_cpu(ps, b, sizes, 1e-5, relu_input), [weight, *parts], g)
+        _assert_same(fast, ref, dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_cat_conv1x1_bn_reads_pixel_subsamples_in_place(dtype, relu_input):
+    """FactorizedReduce's inputs: stride-2 pixel subsamples of the nodes (even and odd phase, one
+    part a channels-last tensor, one wider than a vector's row), read in place by the forward;
+    forward and gradients equal the reference."""
+    gen = torch.Generator().manual_seed(16)
+    for n, widths, c_out, h, w, phase in [(5, (4, 3), 6, 16, 16, 0), (4, (2, 5, 3), 4, 9, 34, 1), (4, (6,), 5, 2, 2, 1)]:
+        nodes = [_random((n, c, h, w), dtype, gen) + 0.2 for c in widths]
+        nodes[0] = _layout(nodes[0], "channels_last")
+        parts = [x[:, :, phase::2, phase::2] for x in nodes]
+        assert not parts[-1].is_contiguous()
+        weight = _random((c_out, sum(widths), 1, 1), dtype, gen)
+        sizes = (n - 2, 2)
+        g = _random((n, c_out) + tuple(parts[0].shape[2:]), dtype, gen)
+        with dispatch.use_backend("reference"):
+            ref = _run(lambda b, *xs: cat_conv1x1_bn_reference([x[:, :, phase::2, phase::2] for x in xs], b, sizes, 1e-5,
+                                                               relu_input), [weight, *nodes], g)
+        fast = _run(lambda b, *xs: cpu_backend.cat_conv1x1_bn_cpu([x[:, :, phase::2, phase::2] for x in xs], b, sizes,
+                                                                   1e-5, relu_input), [weight, *nodes], g)
         _assert_same(fast, ref, dtype)
 
 

@@ -158,6 +158,29 @@ def test_policy_gradient_of_m_by_n_pairs_is_the_average_of_per_pair_gradients(tm
         torch.testing.assert_close(batched[n], expected[n] / pairs, rtol=1e-4, atol=1e-6)
 
 
+def test_benchmarks_sequential_policy_step_takes_the_batched_steps_draws_and_gradient(tmp_path):
+    """`natfast bench steps` times the authors' sequential way against update_theta on the same
+    architectures: with the same generator both must draw the same pairs and (the policy's lr 0)
+    leave the same gradient."""
+    from natfast.benchmarks.steps import sequential_update_theta
+    from natfast.search import step_generator
+    s = Searcher(SearchConfig(out=str(tmp_path), **{**SMALL, "num_inputs": 2, "num_samples": 2, "policy_lr": 0.0,
+                                                    "policy_weight_decay": 0.0}), log=lambda _: None)
+    s.baseline = 0.05
+    x, y = next(iter(s.theta_loader.epoch(0)))
+    betas, samples, alphas = s.draw_transformations(step_generator(0, 3, 2))
+    assert [str(b) for b in betas] == [str(b) for b in s.draw_transformations(step_generator(0, 3, 2))[0]]
+    assert len(alphas) == 2 and all(len(row) == 2 for row in alphas)
+    s.update_theta(x, y, step_generator(0, 3, 2))
+    batched = {n: p.grad.clone() for n, p in s.policy.named_parameters() if p.grad is not None}
+    s.baseline = 0.05
+    sequential_update_theta(s, x, y, step_generator(0, 3, 2))
+    sequential = {n: p.grad.clone() for n, p in s.policy.named_parameters() if p.grad is not None}
+    assert batched.keys() == sequential.keys() and batched
+    for n in batched:
+        torch.testing.assert_close(sequential[n], batched[n], rtol=1e-4, atol=1e-6)
+
+
 def test_search_quality_script_scores_policy_and_random_transformations(tmp_path):
     """bench/search_quality.py on a small search: every input's row, accuracies in [0, 1], costs
     reported, and the argmax transformation valid. (Its cost may exceed the input's: a pool

@@ -120,10 +120,104 @@ void for_vector_groups(int64_t rows, int64_t cols, const Body& body) {
   }
 }
 
+// One output vector of correlate: v times scale (rows x Wo_pad) where given, masked to where
+// mask_x > 0 (the ReLU gradient) where given, stored at (oy, ox) of dst (rows x cols).
+template <class V>
+void store_output(V v, int64_t oy, int64_t ox, int64_t cols, int64_t scale_rs, const typename V::Scalar* scale,
+                  const typename V::Scalar* mask_x, typename V::Scalar* dst) {
+  using T = typename V::Scalar;
+  if (scale != nullptr) v = V::mul(v, V::load(scale + oy * scale_rs + ox));
+  const int64_t n = cols - ox;
+  if (mask_x != nullptr) {
+    const T* m = mask_x + oy * cols + ox;
+    if (n >= V::width) {
+      v = V::masked(V::gt(V::load(m), V::zero()), v);
+    } else {
+      T tmp[V::width] = {};
+      std::memcpy(tmp, m, n * sizeof(T));
+      v = V::masked(V::gt(V::load(tmp), V::zero()), v);
+    }
+  }
+  store_part(v, dst + oy * cols + ox, n);
+}
+
+// Stride-1 correlate of a K x K window with dilation D over kRowBlock output rows at a time: an
+// input row vector is loaded once for every output row it reaches (up to K), with the K weights of
+// one window column held in registers. Half the loads per FMA of the one-output-at-a-time loop
+// below, which is bound by its loads. Sums each output's taps column by column (kx outer).
+constexpr int64_t kRowBlock = 8;
+
+#if defined(__clang__)
+#define NATFAST_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define NATFAST_UNROLL _Pragma("GCC unroll 32")
+#else
+#define NATFAST_UNROLL
+#endif
+
+template <class V, int K, int D>
+void correlate_row_block(const typename V::Scalar* src, const PlaneGeometry& g, const typename V::Scalar* w,
+                         int64_t oy0, int64_t cols, const typename V::Scalar* scale,
+                         const typename V::Scalar* mask_x, typename V::Scalar* dst) {
+  using T = typename V::Scalar;
+  constexpr int kInputs = int(kRowBlock) + (K - 1) * D;
+  for (int64_t ox = 0; ox < cols; ox += V::width) {
+    // (Fully unrolled, so that the accumulators stay in registers: 8 + K + 1 of AVX2's 16.)
+    V acc[kRowBlock];
+    NATFAST_UNROLL
+    for (int r = 0; r < kRowBlock; ++r) acc[r] = V::zero();
+    const T* base = src + oy0 * g.rs + ox;
+    for (int kx = 0; kx < K; ++kx) {
+      V wk[K];
+      NATFAST_UNROLL
+      for (int ky = 0; ky < K; ++ky) wk[ky] = V::set1(w[ky * K + kx]);
+      NATFAST_UNROLL
+      for (int j = 0; j < kInputs; ++j) {
+        const V v = V::load(base + j * g.rs + kx * D);
+        NATFAST_UNROLL
+        for (int ky = 0; ky < K; ++ky) {
+          const int r = j - ky * D;
+          if (r >= 0 && r < kRowBlock) acc[r] = V::fmadd(wk[ky], v, acc[r]);
+        }
+      }
+    }
+    NATFAST_UNROLL
+    for (int r = 0; r < kRowBlock; ++r) store_output<V>(acc[r], oy0 + r, ox, cols, g.Wo_pad, scale, mask_x, dst);
+  }
+}
+
+template <class V>
+void correlate_generic(const typename V::Scalar* src, const PlaneGeometry& g, int64_t stride, const Taps& taps,
+                       const typename V::Scalar* w, int64_t rows, int64_t cols, const typename V::Scalar* scale,
+                       const typename V::Scalar* mask_x, typename V::Scalar* dst);
+
 // dst (rows x cols) = sum over taps of w[t] * src at the tap, optionally times scale
 // (rows x Wo_pad) and masked to where mask_x > 0 (the ReLU gradient).
 template <class V>
 void correlate(const typename V::Scalar* src, const PlaneGeometry& g, int64_t stride, const Taps& taps,
+               const typename V::Scalar* w, int64_t rows, int64_t cols, const typename V::Scalar* scale,
+               const typename V::Scalar* mask_x, typename V::Scalar* dst) {
+  using Block = void (*)(const typename V::Scalar*, const PlaneGeometry&, const typename V::Scalar*, int64_t, int64_t,
+                         const typename V::Scalar*, const typename V::Scalar*, typename V::Scalar*);
+  Block block = nullptr;
+  if (stride == 1 && V::width > 1) {  // (the portable build keeps the plain loop)
+    if (g.k == 3 && g.dilation == 1) block = &correlate_row_block<V, 3, 1>;
+    if (g.k == 3 && g.dilation == 2) block = &correlate_row_block<V, 3, 2>;
+    if (g.k == 5 && g.dilation == 1) block = &correlate_row_block<V, 5, 1>;
+    if (g.k == 5 && g.dilation == 2) block = &correlate_row_block<V, 5, 2>;
+  }
+  int64_t oy = 0;
+  if (block != nullptr)
+    for (; oy + kRowBlock <= rows; oy += kRowBlock) block(src, g, w, oy, cols, scale, mask_x, dst);
+  if (oy < rows)  // the last rows (fewer than a block), or every row where no block kernel fits
+    correlate_generic<V>(src + oy * stride * g.rs, g, stride, taps, w, rows - oy, cols,
+                         scale == nullptr ? nullptr : scale + oy * g.Wo_pad,
+                         mask_x == nullptr ? nullptr : mask_x + oy * cols, dst + oy * cols);
+}
+
+// One output vector at a time (kGroup of them interleaved), any stride.
+template <class V>
+void correlate_generic(const typename V::Scalar* src, const PlaneGeometry& g, int64_t stride, const Taps& taps,
                const typename V::Scalar* w, int64_t rows, int64_t cols, const typename V::Scalar* scale,
                const typename V::Scalar* mask_x, typename V::Scalar* dst) {
   using T = typename V::Scalar;
@@ -139,22 +233,7 @@ void correlate(const typename V::Scalar* src, const PlaneGeometry& g, int64_t st
     for (int64_t t = 0; t < taps.n; ++t) {
       for (int b = 0; b < kGroup; ++b) acc[b] = V::fmadd(wv[t], V::load(at[b] + taps.off[t]), acc[b]);
     }
-    for (int b = 0; b < count; ++b) {
-      V v = acc[b];
-      if (scale != nullptr) v = V::mul(v, V::load(scale + oy[b] * g.Wo_pad + ox[b]));
-      const int64_t n = cols - ox[b];
-      if (mask_x != nullptr) {
-        const T* m = mask_x + oy[b] * cols + ox[b];
-        if (n >= V::width) {
-          v = V::masked(V::gt(V::load(m), V::zero()), v);
-        } else {
-          T tmp[V::width] = {};
-          std::memcpy(tmp, m, n * sizeof(T));
-          v = V::masked(V::gt(V::load(tmp), V::zero()), v);
-        }
-      }
-      store_part(v, dst + oy[b] * cols + ox[b], n);
-    }
+    for (int b = 0; b < count; ++b) store_output<V>(acc[b], oy[b], ox[b], cols, g.Wo_pad, scale, mask_x, dst);
   });
 }
 
@@ -464,12 +543,25 @@ inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typen
     for (int64_t k = 0; k < K; ++k)
       for (int j = 0; j < NV; ++j) V::load(B + k * ldb + j * V::width).store(panel + (k * NV + j) * V::width);
   }
-  constexpr int kRows = 6;  // 6 x 2 accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 registers
+  // At most 6 rows a block (6 x 2 accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16
+  // registers), the rows spread evenly over the fewest blocks: 20 rows as 5+5+5+5, not 6+6+6+2,
+  // whose 2-row block loads as much as it computes (the supernet's first stage has 20 channels).
+  const int64_t blocks = (M + 5) / 6;
   int64_t i = 0;
-  for (; i + kRows <= M; i += kRows)
-    matmul_block<V, kRows, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
-  for (; i + 2 <= M; i += 2) matmul_block<V, 2, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
-  for (; i < M; ++i) matmul_block<V, 1, NV>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, K);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t rows = M / blocks + (b < M % blocks ? 1 : 0);
+    const typename V::Scalar* a = A + i * lda;
+    typename V::Scalar* c = C + i * ldc;
+    switch (rows) {
+      case 6: matmul_block<V, 6, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+      case 5: matmul_block<V, 5, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+      case 4: matmul_block<V, 4, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+      case 3: matmul_block<V, 3, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+      case 2: matmul_block<V, 2, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+      default: matmul_block<V, 1, NV>(a, lda, panel, accumulate, c, ldc, K); break;
+    }
+    i += rows;
+  }
 }
 
 template <class V>

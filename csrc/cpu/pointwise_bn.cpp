@@ -3,7 +3,8 @@
 // as in the separable, dilated and preprocessing convolutions. The input x is given as parts that
 // x concatenates along channels (one part: x itself): a cell's output is its nodes concatenated,
 // and reading the nodes in place spares the preprocessing both the concatenation and a full-size
-// ReLU. One sample at a time per thread, so what one step writes the next reads from cache:
+// ReLU; the forward reads any view of a part in place too (FactorizedReduce's stride-2 pixel
+// subsamples). One sample at a time per thread, so what one step writes the next reads from cache:
 //   forward:  y_n = sum_k W_k . f(x_nk) and its per-plane sums (W_k: part k's weight columns); then
 //             y normalised in place. y is also the normalised value (affine=False), so the backward
 //             needs neither mean nor the raw conv.
@@ -29,30 +30,61 @@ namespace {
 // Samples are split into at most this many fixed chunks for the weight gradient's partial sums.
 constexpr int64_t kWeightGradChunks = 16;
 
+// One input part as the kernels read it: contiguous (what the backward takes), or, in the forward,
+// any view of it, e.g. FactorizedReduce's stride-2 pixel subsamples of a cell's nodes, which are
+// then gathered straight into the GEMM's scratch instead of being copied out first.
+template <typename T>
+struct PartView {
+  const T* data;
+  int64_t sample_stride, channel_stride, row_stride, col_stride, channels, rows, cols;
+  bool dense;  // (C, H, W) contiguous within each sample
+};
+
+template <typename T>
+PartView<T> part_view(const at::Tensor& part) {
+  const bool dense = part.stride(3) == 1 && part.stride(2) == part.size(3) &&
+                     part.stride(1) == part.size(2) * part.size(3);
+  return {part.data_ptr<T>(), part.stride(0), part.stride(1), part.stride(2), part.stride(3),
+          part.size(1),        part.size(2),  part.size(3),   dense};
+}
+
 // Sample n of the input that the parts concatenate, through the ReLU when relu is on: the parts'
 // planes gathered into scratch (a few hundred KB, so it stays in cache for the GEMM that reads it
 // next; one GEMM over all channels beats one per part), or part 0 itself when there is nothing to
 // do (then no copy).
 template <typename T>
-const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<const T*>& parts,
+const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<PartView<T>>& parts,
                       const std::vector<int64_t>& offsets, int64_t n, int64_t P, bool relu, T* scratch) {
-  if (!relu && parts.size() == 1) return parts[0] + n * offsets[1] * P;
+  if (!relu && parts.size() == 1 && parts[0].dense) return parts[0].data + n * parts[0].sample_stride;
   for (size_t k = 0; k < parts.size(); ++k) {
-    const int64_t count = (offsets[k + 1] - offsets[k]) * P;
-    const T* src = parts[k] + n * count;
+    const PartView<T>& part = parts[k];
+    const T* src = part.data + n * part.sample_stride;
     T* dst = scratch + offsets[k] * P;
-    if (relu)
-      kernels.relu(src, dst, count);
-    else
-      std::memcpy(dst, src, count * sizeof(T));
+    if (part.dense) {
+      const int64_t count = part.channels * P;
+      if (relu)
+        kernels.relu(src, dst, count);
+      else
+        std::memcpy(dst, src, count * sizeof(T));
+      continue;
+    }
+    // A strided view: its rows copied out, then the ReLU over the copy (a ReLU inside the copy
+    // loop ran at half the speed of the separate copy and vector ReLU, with rows of 8).
+    const int64_t rows = part.channels * part.rows, cols = part.cols, cs = part.col_stride;
+    for (int64_t r = 0; r < rows; ++r, dst += cols) {
+      const T* row = src + (r / part.rows) * part.channel_stride + (r % part.rows) * part.row_stride;
+      for (int64_t w = 0; w < cols; ++w) dst[w] = row[w * cs];
+    }
+    if (relu) kernels.relu(scratch + offsets[k] * P, scratch + offsets[k] * P, part.channels * P);
   }
   return scratch;
 }
 
-// The parts, contiguous, after checking that they concatenate (along channels) to an input that
-// `weight` fits; offsets[k] is part k's first channel.
+// The parts, after checking that they concatenate (along channels) to an input that `weight`
+// fits; offsets[k] is part k's first channel. Made contiguous unless keep_views (the forward's
+// sample_input reads any view).
 std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& weight, const char* op,
-                                    std::vector<int64_t>& offsets) {
+                                    std::vector<int64_t>& offsets, bool keep_views = false) {
   TORCH_CHECK(!parts_in.empty(), op, ": needs at least one input part");
   std::vector<at::Tensor> parts;
   offsets.assign(1, 0);
@@ -63,7 +95,7 @@ std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& w
                     part.scalar_type() == first.scalar_type(),
                 op, ": input parts must share batch, height, width and dtype, got ", first.sizes(), " ",
                 first.scalar_type(), " and ", part.sizes(), " ", part.scalar_type());
-    parts.push_back(part.contiguous());
+    parts.push_back(keep_views ? part : part.contiguous());
     offsets.push_back(offsets.back() + part.size(1));
   }
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == offsets.back(),
@@ -79,11 +111,10 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, c
                                                       at::IntArrayRef groups, double eps, bool relu_input) {
   const char* op = "cpu_conv1x1_bn_forward";
   std::vector<int64_t> offsets;
-  const std::vector<at::Tensor> parts = check_parts(parts_in, weight_in, op, offsets);
+  const std::vector<at::Tensor> parts = check_parts(parts_in, weight_in, op, offsets, /*keep_views=*/true);
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor& x0 = parts[0];
   const int64_t N = x0.size(0), Ci = offsets.back(), Co = weight.size(0), P = x0.size(2) * x0.size(3);
-  const int64_t K = int64_t(parts.size());
   const std::vector<int64_t> starts = group_starts(groups, N, op);
   const int64_t G = int64_t(starts.size()) - 1;
   at::Tensor y = at::empty({N, Co, x0.size(2), x0.size(3)}, x0.options());
@@ -91,13 +122,14 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, c
   at::Tensor rstd = at::empty({G, Co}, x0.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_conv1x1_bn", [&] {
     const auto& kernels = plane_kernels<scalar_t>();
-    std::vector<const scalar_t*> xp;
-    for (const at::Tensor& part : parts) xp.push_back(part.data_ptr<scalar_t>());
+    std::vector<PartView<scalar_t>> xp;
+    for (const at::Tensor& part : parts) xp.push_back(part_view<scalar_t>(part));
+    const bool gathers = relu_input || xp.size() > 1 || !xp[0].dense;
     const scalar_t* wp = weight.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     std::vector<double> s1(N * Co), s2(N * Co);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> panel(matmul_panel_size(Ci)), scratch(relu_input || K > 1 ? Ci * P : 0);
+      std::vector<scalar_t> panel(matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0);
       for (int64_t n = begin; n < end; ++n) {
         scalar_t* yn = yp + n * Co * P;
         const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
@@ -135,10 +167,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Te
   at::Tensor grad_w = at::empty_like(weight);
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_conv1x1_bn", [&] {
     const auto& kernels = plane_kernels<scalar_t>();
-    std::vector<const scalar_t*> xp;
+    std::vector<PartView<scalar_t>> xp;
     std::vector<scalar_t*> gxp;
     for (int64_t k = 0; k < K; ++k) {
-      xp.push_back(parts[k].data_ptr<scalar_t>());
+      xp.push_back(part_view<scalar_t>(parts[k]));
       gxp.push_back(grad_parts[k].data_ptr<scalar_t>());
     }
     const scalar_t* yp = y.data_ptr<scalar_t>();
@@ -178,7 +210,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Te
             const int64_t ck = offsets[k + 1] - offsets[k];
             scalar_t* gxnk = gxp[k] + n * ck * P;
             gemm(kernels, wtp + offsets[k] * Co, Co, t.data(), P, false, false, gxnk, P, ck, Co, P, panel.data());
-            if (relu_input) kernels.relu_mask(xp[k] + n * ck * P, gxnk, ck * P);  // none where x <= 0
+            if (relu_input) kernels.relu_mask(xp[k].data + n * ck * P, gxnk, ck * P);  // none where x <= 0
           }
           // (Co x Ci) += t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
           const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());

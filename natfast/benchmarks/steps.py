@@ -5,6 +5,7 @@ natfast's kernels and on the reference path's plain PyTorch ops."""
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import tempfile
 from typing import Dict, List
@@ -14,23 +15,24 @@ import torch
 from .. import executor
 from ..config import SearchConfig
 from ..ops.dispatch import use_backend
-from ..sampler import sample_genotype
 from ..search import Searcher, step_generator
 from . import interleaved_median_ms, median_ms
 
 
 def sequential_update_theta(s: Searcher, x, y, gen) -> None:
-    """The authors' way: every (beta, alpha) pair evaluated one architecture at a time, with
-    autograd recording the forward passes although nothing is backpropagated through them."""
+    """The authors' way, on the architectures `s.update_theta` draws from the same generator:
+    every (beta, alpha) pair evaluated on its own, the policy once per pair and the supernet once
+    per architecture, with autograd recording the supernet's forward passes although nothing is
+    backpropagated through them."""
     cfg = s.cfg
+    betas, samples, alphas = s.draw_transformations(gen)
     losses = []
-    for _ in range(cfg.num_inputs):
-        beta = sample_genotype(s.family, gen)
+    for i, beta in enumerate(betas):
         acc_beta = (s.supernet(x, beta).argmax(1) == y).float().mean()
-        for _ in range(cfg.num_samples):
-            alpha, log_prob, entropy = s.policy.transform(beta, gen)
-            reward = (s.supernet(x, alpha).argmax(1) == y).float().mean() - acc_beta
-            losses.append(-log_prob * (reward.item() - s.baseline) - cfg.entropy_weight * entropy)
+        for j, sample in enumerate(samples):
+            pair = s.policy.evaluate([beta.normal, beta.reduce], sample.targets[2 * i: 2 * i + 2])
+            reward = (s.supernet(x, alphas[j][i]).argmax(1) == y).float().mean() - acc_beta
+            losses.append(-pair.log_prob.sum() * (reward.item() - s.baseline) - cfg.entropy_weight * pair.entropy.sum())
     loss = torch.stack(losses).mean()
     s.policy_optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -89,18 +91,21 @@ def main(argv: List[str]) -> Dict:
         result["python_path_auto_update_w_ms"] = ms["python_auto"]
     # Policy step with m x n = 4 x 4: batched vs sequential, both on the default backend (what
     # batching gives), and the authors' way on plain PyTorch ops (what their users wait).
+    # The k-th call of every variant scores the same architectures (drawn from stream 2, turn k).
     s.cfg.num_inputs, s.cfg.num_samples = 4, 4
-    sequential_turns, authors_turns = itertools.count(), itertools.count()
 
-    def authors() -> None:
-        with use_backend("reference"):
-            sequential_update_theta(s, x, y, step_generator(0, next(authors_turns), 2))
+    def policy_step(update, backend: str = "auto"):
+        turns = itertools.count()
 
-    variants = {"batched": stepper(s.update_theta, 1),
-                "sequential": lambda: sequential_update_theta(s, x, y, step_generator(0, next(sequential_turns), 2))}
+        def run() -> None:
+            with use_backend(backend):
+                update(x, y, step_generator(0, next(turns), 2))
+        return run
+
+    variants = {"batched": policy_step(s.update_theta), "sequential": policy_step(functools.partial(sequential_update_theta, s))}
     if not args.skip_reference:
-        variants["authors"] = authors
-    ms = interleaved_median_ms(variants, max(2, args.repeats // 2))
+        variants["authors"] = policy_step(functools.partial(sequential_update_theta, s), "reference")
+    ms = interleaved_median_ms(variants, args.repeats)
     result["update_theta_4x4_ms"], result["sequential_update_theta_4x4_ms"] = ms["batched"], ms["sequential"]
     result["update_theta_4x4_speedup"] = round(ms["sequential"] / ms["batched"], 2)
     if "authors" in ms:
