@@ -143,8 +143,9 @@ void store_output(V v, int64_t oy, int64_t ox, int64_t cols, int64_t scale_rs, c
 
 // Stride-1 correlate of a K x K window with dilation D over kRowBlock output rows at a time: an
 // input row vector is loaded once for every output row it reaches (up to K), with the K weights of
-// one window column held in registers. Half the loads per FMA of the one-output-at-a-time loop
-// below, which is bound by its loads. Sums each output's taps column by column (kx outer).
+// one window column held in registers: 0.4-0.5 loads per FMA against the one-output-at-a-time
+// loop's 1.25 (1.3-1.5x on a 32 x 32 plane on a Zen 1 core; bench/RESULTS.md). Sums each output's
+// taps column by column (kx outer).
 constexpr int64_t kRowBlock = 8;
 
 #if defined(__clang__)
