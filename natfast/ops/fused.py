@@ -128,8 +128,9 @@ def dil_conv_bn(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tenso
 
 def sep_conv_bn_reference(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,
                           stride: int, groups: Optional[Sequence[int]], eps: float = EPS) -> torch.Tensor:
-    # The four dispatched ops, not two dil_conv_bn calls: on a device without these fused kernels
-    # the scoring path then costs no more dispatch than the modules' own ops did.
+    # The four dispatched ops (relu_dwconv, conv1x1_bn, twice), not the dil_conv_bn wrapper twice:
+    # on a device without these fused kernels the scoring path then costs no more validation and
+    # dispatch than the modules' own ops did.
     y = dil_conv_bn_reference(x, dw1, pw1, stride, 1, groups, eps)
     return dil_conv_bn_reference(y, dw2, pw2, 1, 1, groups, eps)
 

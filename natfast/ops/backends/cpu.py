@@ -266,8 +266,9 @@ def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps
 
 
 def _supports_sep_conv_bn(x, dw1, pw1, dw2, pw2, stride, groups, eps) -> bool:
+    # The second half reads the first's output: x's channels (sep_conv_bn checks), stride 1.
     return (_supports_dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps) and not _recording(dw2, pw2)
-            and dw2.dtype == pw2.dtype == x.dtype and dw2.shape[-1] % 2 == 1 and dw2.shape[-1] <= _MAX_KERNEL)
+            and _supports_relu_dwconv(x, dw2, 1, 1) and pw2.dtype == x.dtype)
 
 
 def register() -> str:
