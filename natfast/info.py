@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import torch
 
-from . import _ext, executor
+from . import _ext, executor, lane_workers
 from .ops import dispatch
 from .ops.backends import load_all
 
@@ -39,6 +39,7 @@ def collect() -> Dict[str, Any]:
         "backends": dict(status),
         "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
         "executor": _executor_status(),
+        "lane_workers": lane_workers.describe(),
         "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
     }
     return info
@@ -77,6 +78,7 @@ def format_text(info: Dict[str, Any]) -> str:
              f"extension: {info['extension']}"]
     lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
     lines.append(f"executor: {info['executor']}")
+    lines.append(f"CPU scoring lane workers: {info['lane_workers']}")
     lines.append(f"forced backend (NATFAST_BACKEND): {info['forced_backend']}")
     for op, per_dev in info["dispatch"].items():
         lines.append(f"  {op:18s} " + "  ".join(f"{d}: {b}" for d, b in per_dev.items()))

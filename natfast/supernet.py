@@ -12,7 +12,9 @@ number of architectures in one pass:
 * at each edge, every candidate op runs once on all distinct inputs routed to it, concatenated,
   with BN statistics per input (so each lane gets exactly what it would get alone);
 * null edges, edges from known-zero nodes (BN affine=False maps zeros to zeros) and nodes that
-  cannot reach the cell output are never executed.
+  cannot reach the cell output are never executed;
+* on a CPU, lanes go through the cells a few at a time; when scoring (autograd records nothing),
+  these chunks, which share nothing past the stem, run side by side (natfast/lane_workers.py).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import lane_workers
 from .genotype import Family, Genotype, output_nodes
 from .ops import fused
 from .ops.layers import FactorizedReduce, Norm, ReLUConvBN, make_op
@@ -185,12 +188,22 @@ class Supernet(nn.Module):
         distinct = sorted(dict(zip(keys, lanes)).items())
         if lanes_at_once is None:
             lanes_at_once = len(distinct) if ctx.concatenating(inputs[0]) else self.LANES_AT_ONCE
-        step = max(1, lanes_at_once)
+        count = -(-len(distinct) // max(1, lanes_at_once))
+        # Chunks share no value past the stem: on a CPU, when scoring, they run side by side, as
+        # many on each worker (so none idles at the end) and as even as can be.
+        workers = lane_workers.worker_count(count, inputs[0])
+        if workers > 1:
+            count = min(len(distinct), -(-count // workers) * workers)
+        chunks = _split_evenly(distinct, count)
+
+        def run_chunk(chunk) -> List[torch.Tensor]:
+            own = ctx if workers == 1 else ctx.fork()
+            return self._run_cells(own, [stems[i] for _, (i, _) in chunk], [g for _, (_, g) in chunk])
+
         logits = {}
-        for start in range(0, len(distinct), step):
-            chunk = distinct[start:start + step]
-            outs = self._run_cells(ctx, [stems[i] for _, (i, _) in chunk], [g for _, (_, g) in chunk])
-            logits.update((key, out) for (key, _), out in zip(chunk, outs))
+        outs = lane_workers.run([functools.partial(run_chunk, chunk) for chunk in chunks], workers)
+        for chunk, chunk_outs in zip(chunks, outs):
+            logits.update((key, out) for (key, _), out in zip(chunk, chunk_outs))
         return [logits[key] for key in keys]
 
     def _run_cells(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> List[torch.Tensor]:
@@ -312,6 +325,13 @@ def _preprocess_call(module, channel_index, x, groups) -> torch.Tensor:
     return module(x, groups, channel_index, relu_applied=True)
 
 
+def _split_evenly(items: Sequence, count: int) -> List[Sequence]:
+    """`items` in `count` consecutive runs whose lengths differ by at most one."""
+    size, extra = divmod(len(items), count)
+    bounds = list(itertools.accumulate([0] + [size + (i < extra) for i in range(count)]))
+    return [items[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
 def _lane_key(input_index: int, g: Genotype) -> tuple:
     """A lane's identity, ordered by input, then normal cell, then reduction cell."""
     return (input_index, tuple(map(tuple, g.normal)), tuple(g.normal_concat), tuple(map(tuple, g.reduce)),
@@ -334,6 +354,13 @@ class _RunContext:
         self._uids = itertools.count()
         self._memo: Dict[tuple, Value] = {}
         self._pooled: Dict[int, torch.Tensor] = {}
+
+    def fork(self) -> "_RunContext":
+        """A context for a chunk of lanes run on another thread: its own memo, the same uid
+        counter (uids stay unique across the run)."""
+        other = _RunContext(self._concat_mode)
+        other._uids = self._uids
+        return other
 
     def forget(self) -> None:
         self._memo.clear()

@@ -28,6 +28,7 @@ def test_info_json_has_the_contract_keys():
     for key in ("cpu_extension", "cuda_extension", "triton"):
         assert isinstance(info[key], bool)
     assert info["torch"]
+    assert info["lane_workers"].startswith(f"up to {info['threads']} ")
 
 
 def test_works_without_the_extension():

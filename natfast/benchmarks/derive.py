@@ -11,6 +11,7 @@ from typing import Dict, List
 
 import torch
 
+from .. import lane_workers
 from ..data import BatchLoader, load_cifar10
 from ..derive import check_input, load_search, score_architectures
 from ..genotype import get_family, get_named
@@ -80,7 +81,8 @@ def main(argv: List[str]) -> Dict:
                     "layers": args.layers, "channels": args.channels}
     variants = {"batched": lambda: score_architectures(supernet, archs, batched_loader),
                 "sequential": lambda: sequential_scores(supernet, archs, batches, False),
-                "inference": lambda: sequential_scores(supernet, archs, batches, True)}
+                "inference": lambda: sequential_scores(supernet, archs, batches, True),
+                "one_worker": lambda: _with_one_worker(score_architectures, supernet, archs, batched_loader)}
     if not args.skip_authors:
         variants["authors"] = lambda: _on_reference_ops(sequential_scores, supernet, archs, batches, False)
     # They take turns, so a change in the machine's load hits them alike.
@@ -90,6 +92,10 @@ def main(argv: List[str]) -> Dict:
     result["sequential_inference_derive_ms"] = ms["inference"]
     result["speedup_vs_sequential"] = round(result["sequential_derive_ms"] / result["derive_ms"], 2)
     result["speedup_vs_sequential_inference"] = round(result["sequential_inference_derive_ms"] / result["derive_ms"], 2)
+    # The batched path with its chunks of architectures in turn (no lane workers): what scoring
+    # them side by side, one per core, gives on a CPU.
+    result["one_worker_derive_ms"] = ms["one_worker"]
+    result["lane_workers_speedup"] = round(ms["one_worker"] / result["derive_ms"], 2)
     if "authors" in ms:
         result["authors_derive_ms"] = ms["authors"]
         result["speedup_vs_authors"] = round(ms["authors"] / result["derive_ms"], 2)
@@ -98,6 +104,11 @@ def main(argv: List[str]) -> Dict:
     sequential = sequential_scores(supernet, archs, batches, True)
     result["max_score_difference"] = max(abs(a - b) for a, b in zip(batched, sequential))
     return result
+
+
+def _with_one_worker(fn, *args):
+    with lane_workers.at_most(1):
+        return fn(*args)
 
 
 def _on_reference_ops(fn, *args):

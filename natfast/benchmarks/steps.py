@@ -5,14 +5,15 @@ natfast's kernels and on the reference path's plain PyTorch ops."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
-from .. import executor
+from .. import executor, lane_workers
 from ..config import SearchConfig
 from ..ops.dispatch import use_backend
 from ..search import Searcher, step_generator
@@ -94,20 +95,24 @@ def main(argv: List[str]) -> Dict:
     # The k-th call of every variant scores the same architectures (drawn from stream 2, turn k).
     s.cfg.num_inputs, s.cfg.num_samples = 4, 4
 
-    def policy_step(update, backend: str = "auto"):
+    def policy_step(update, backend: str = "auto", workers: Optional[int] = None):
         turns = itertools.count()
 
         def run() -> None:
-            with use_backend(backend):
+            with use_backend(backend), (lane_workers.at_most(workers) if workers else contextlib.nullcontext()):
                 update(x, y, step_generator(0, next(turns), 2))
         return run
 
-    variants = {"batched": policy_step(s.update_theta), "sequential": policy_step(functools.partial(sequential_update_theta, s))}
+    variants = {"batched": policy_step(s.update_theta), "sequential": policy_step(functools.partial(sequential_update_theta, s)),
+                "one_worker": policy_step(s.update_theta, workers=1)}
     if not args.skip_reference:
         variants["authors"] = policy_step(functools.partial(sequential_update_theta, s), "reference")
     ms = interleaved_median_ms(variants, args.repeats)
     result["update_theta_4x4_ms"], result["sequential_update_theta_4x4_ms"] = ms["batched"], ms["sequential"]
     result["update_theta_4x4_speedup"] = round(ms["sequential"] / ms["batched"], 2)
+    # Batched with its chunks of architectures in turn: what the lane workers give (on a CPU).
+    result["one_worker_update_theta_4x4_ms"] = ms["one_worker"]
+    result["update_theta_4x4_lane_workers_speedup"] = round(ms["one_worker"] / ms["batched"], 2)
     if "authors" in ms:
         result["authors_update_theta_4x4_ms"] = ms["authors"]
         result["update_theta_4x4_speedup_vs_authors"] = round(ms["authors"] / ms["batched"], 2)

@@ -96,6 +96,22 @@ def use_backend(name: str = "reference", **per_op: str) -> Iterator[None]:
         stack.pop()
 
 
+def thread_state() -> tuple:
+    """This thread's forced backends and recording, for a worker thread to adopt."""
+    return (list(getattr(_state, "stack", None) or []), getattr(_state, "record", None))
+
+
+@contextlib.contextmanager
+def adopt_thread_state(state: tuple) -> Iterator[None]:
+    """Run this block under another thread's `thread_state()` (forced backends, recording)."""
+    saved = (getattr(_state, "stack", None), getattr(_state, "record", None))
+    _state.stack, _state.record = list(state[0]), state[1]
+    try:
+        yield
+    finally:
+        _state.stack, _state.record = saved
+
+
 @contextlib.contextmanager
 def recording() -> Iterator[Dict[str, set]]:
     """Collect {op: backend names} of the calls resolved in this block (benchmarks use it to say
