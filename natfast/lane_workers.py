@@ -1,14 +1,15 @@
-"""Independent groups of lanes scored side by side on a CPU, one per core.
+"""Independent chunks of lanes scored side by side on a CPU, each on its share of the cores.
 
-On a CPU every op already splits its work over the intra-op threads, but the supernet's ops are
-small (a few MB, 1-15 ms): on 2 cores an op runs only 1.4-1.6x faster than on one. Lanes that
-share no value (the chunks of `Supernet.run`) are independent work, so when several are scored
-at once each worker thread takes one chunk and runs its ops on its share of the cores (one core
-each where there are as many chunks as cores): the cores stay busy without splitting every op. Used only for scoring (autograd records nothing), where no backward
-needs the threads' order.
+On a CPU every op splits its work over the intra-op threads, but the supernet's ops are small (a
+few MB, 1-15 ms) and gain little from more threads: on the 2-core test VM the whole 4 x 4 policy
+step runs only 1.4-1.6x faster on 2 threads than on 1. The chunks of lanes of `Supernet.run`
+share no value past the stem, so when several are scored at once, each worker thread takes one
+chunk at a time and runs its ops on its share of the intra-op threads (one each where there are
+as many workers as threads). Only for scoring (autograd records nothing): no backward depends on
+the threads' order.
 
-`NATFAST_LANE_WORKERS` or `at_most(n)` caps the number of workers (1: off); by default there are
-as many as torch's intra-op threads.
+`NATFAST_LANE_WORKERS=N` or `at_most(n)` caps the number of workers (1: off); by default there
+are as many as torch's intra-op threads.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ R = TypeVar("R")
 _pools: Dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 _cap: Optional[int] = None
+_worker = threading.local()  # .active: this thread is one of the pools' workers
 
 
 @contextlib.contextmanager
@@ -83,17 +85,18 @@ def run(tasks: Sequence[Callable[[], R]], workers: int) -> List[R]:
     """Each task's result, in order; with workers > 1, the tasks run on that many threads (each
     taking the next task as it finishes one), each worker's ops on its share of the intra-op
     threads, under the caller's autograd mode and forced backends."""
-    if workers <= 1:
+    if workers <= 1 or getattr(_worker, "active", False):
+        # (A task that scores again runs inline: waiting on its own pool could deadlock it.)
         return [task() for task in tasks]
     state = dispatch.thread_state()
     inference = torch.is_inference_mode_enabled()
     threads = torch.get_num_threads()
-
     share = max(1, threads // workers)
 
     def call(task: Callable[[], R]) -> R:
         # The worker's share of the intra-op threads (torch keeps OpenMP's and MKL's counts per thread).
         torch.set_num_threads(share)
+        _worker.active = True
         with dispatch.adopt_thread_state(state), torch.inference_mode(inference), torch.no_grad():
             return task()
 

@@ -144,3 +144,14 @@ def test_architectures_hold_one_duplicate():
     archs = _archs(fam, torch.Generator().manual_seed(7))
     assert archs[-3] == archs[0] and isinstance(archs[-1], Genotype)
     assert len({str(a) for a in archs}) == len(archs) - 1
+
+
+def test_task_that_scores_again_runs_inline():
+    inner = []
+
+    def task():
+        inner.append(lane_workers.run([lambda: 1, lambda: 2], 2))
+        return len(inner)
+    with torch.inference_mode():
+        lane_workers.run([task, task], 2)
+    assert inner == [[1, 2], [1, 2]]
