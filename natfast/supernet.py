@@ -190,7 +190,9 @@ class Supernet(nn.Module):
             lanes_at_once = len(distinct) if ctx.concatenating(inputs[0]) else self.LANES_AT_ONCE
         count = -(-len(distinct) // max(1, lanes_at_once))
         # Chunks share no value past the stem: on a CPU, when scoring, they run side by side, as
-        # many on each worker (so none idles at the end) and as even as can be.
+        # many on each worker (so none idles at the end) and as even as can be. (Lanes that fit
+        # one chunk stay together: beta and alpha of the m = n = 1 policy step, split one to a
+        # worker, lost their shared cells and took 1.3x as long.)
         workers = lane_workers.worker_count(count, inputs[0])
         if workers > 1:
             count = min(len(distinct), -(-count // workers) * workers)

@@ -124,13 +124,15 @@ def test_bench_steps_and_derive_print_their_contract_keys():
     assert steps.returncode == 0, steps.stderr
     result = json.loads(steps.stdout)
     for key in ("update_w_ms", "update_theta_ms", "reference_update_w_ms", "reference_update_theta_ms",
-                "update_theta_4x4_ms", "sequential_update_theta_4x4_ms", "authors_update_theta_4x4_ms"):
+                "update_theta_4x4_ms", "sequential_update_theta_4x4_ms", "authors_update_theta_4x4_ms",
+                "one_worker_update_theta_4x4_ms"):
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["threads"] >= 1
     derive = _natfast("bench", "derive", "--candidates", "2", "--batches", "1", "--batch-size", "8", "--layers", "5",
                       "--channels", "4", "--repeats", "1", "--json")
     assert derive.returncode == 0, derive.stderr
     result = json.loads(derive.stdout)
-    for key in ("derive_ms", "sequential_derive_ms", "sequential_inference_derive_ms", "authors_derive_ms"):
+    for key in ("derive_ms", "sequential_derive_ms", "sequential_inference_derive_ms", "authors_derive_ms",
+                "one_worker_derive_ms"):
         assert result[key] > 0, key
     assert result["max_score_difference"] == 0.0   # batched scoring gives the sequential accuracies
