@@ -102,6 +102,7 @@ def run(tasks: Sequence[Callable[[], R]], workers: int) -> List[R]:
 
     try:
         futures = [_executor(workers).submit(call, task) for task in tasks]
+        concurrent.futures.wait(futures)  # all of them, even after an error: none runs on behind the caller
         return [f.result() for f in futures]
     finally:
         # torch.set_num_threads also stores the count new threads start from; give it back.

@@ -1,5 +1,7 @@
 """Lane workers: chunks of architectures scored side by side on a CPU give what scoring them in turn
 gives, under the caller's autograd mode and forced backends, and leave torch's thread count as it was."""
+import time
+
 import pytest
 import torch
 
@@ -95,13 +97,19 @@ def test_no_workers_when_autograd_records_or_one_chunk(monkeypatch, worker_calls
     assert worker_calls == [1, 1, 1]
 
 
-def test_worker_error_reaches_the_caller_and_threads_are_restored():
+def test_worker_error_reaches_the_caller_after_every_task_and_threads_are_restored():
     threads = torch.get_num_threads()
+    finished = []
 
     def fails():
         raise RuntimeError("lane 3 failed")
+
+    def slow():
+        time.sleep(0.2)
+        finished.append(True)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="lane 3 failed"):
-        lane_workers.run([lambda: 1, fails, lambda: 2], 2)
+        lane_workers.run([fails, slow, slow], 2)
+    assert finished == [True, True]  # nothing still runs behind the caller
     assert torch.get_num_threads() == threads
     with torch.inference_mode():
         assert lane_workers.run([lambda: 1, lambda: 2, lambda: 3], 2) == [1, 2, 3]
