@@ -45,21 +45,26 @@ def at_most(workers: int) -> Iterator[None]:
         _cap = saved
 
 
+def _env_workers() -> Optional[int]:
+    """NATFAST_LANE_WORKERS as a number, or None where it is not set."""
+    env = os.environ.get("NATFAST_LANE_WORKERS", "").strip()
+    if not env:
+        return None
+    try:
+        wanted = int(env)
+    except ValueError:
+        raise ValueError(f"NATFAST_LANE_WORKERS must be a whole number, got {env!r}") from None
+    if wanted < 1:
+        raise ValueError(f"NATFAST_LANE_WORKERS must be at least 1, got {wanted}")
+    return wanted
+
+
 def worker_count(tasks: int, like: torch.Tensor) -> int:
     """How many workers score `tasks` independent chunks of lanes of tensors like `like`: more than
     one only on a CPU, under no autograd, with several chunks and several intra-op threads."""
     if tasks < 2 or like.device.type != "cpu" or torch.is_grad_enabled():
         return 1
-    env = os.environ.get("NATFAST_LANE_WORKERS", "").strip()
-    if env:
-        try:
-            wanted = int(env)
-        except ValueError:
-            raise ValueError(f"NATFAST_LANE_WORKERS must be a whole number, got {env!r}") from None
-        if wanted < 1:
-            raise ValueError(f"NATFAST_LANE_WORKERS must be at least 1, got {wanted}")
-    else:
-        wanted = torch.get_num_threads()
+    wanted = _env_workers() or torch.get_num_threads()
     if _cap is not None:
         wanted = min(wanted, _cap)
     return max(1, min(wanted, tasks))
@@ -67,9 +72,12 @@ def worker_count(tasks: int, like: torch.Tensor) -> int:
 
 def describe() -> str:
     """The most workers a CPU scoring pass may use, and what sets it (for `natfast info`)."""
-    env = os.environ.get("NATFAST_LANE_WORKERS", "").strip()
-    if env:
-        return f"up to {env} (NATFAST_LANE_WORKERS)"
+    try:
+        wanted = _env_workers()
+    except ValueError as exc:
+        return f"invalid setting: {exc}"
+    if wanted is not None:
+        return f"up to {wanted} (NATFAST_LANE_WORKERS)"
     return f"up to {torch.get_num_threads()} (torch's intra-op threads; NATFAST_LANE_WORKERS=1 turns them off)"
 
 

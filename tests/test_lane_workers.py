@@ -120,6 +120,7 @@ def test_bad_worker_setting_is_a_clear_error(value, monkeypatch):
     monkeypatch.setenv("NATFAST_LANE_WORKERS", value)
     with torch.inference_mode(), pytest.raises(ValueError, match="NATFAST_LANE_WORKERS"):
         lane_workers.worker_count(4, torch.zeros(1))
+    assert lane_workers.describe().startswith("invalid setting: NATFAST_LANE_WORKERS")
     with pytest.raises(ValueError, match="at least 1"):
         with lane_workers.at_most(0):
             pass
