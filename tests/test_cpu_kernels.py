@@ -327,14 +327,17 @@ def test_relu_conv2d_channels_last_matches_reference(c_in, c_out, k, stride, h):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relu_input", [False, True])
 @pytest.mark.parametrize("groups", [None, "three"])
-@pytest.mark.parametrize("blas", ["1", "0"])  # the process's BLAS, and natfast's own GEMM kernel
+@pytest.mark.parametrize("blas", ["1", "0", ""])  # the BLAS, natfast's own GEMM kernel, the automatic choice
 def test_conv1x1_bn_equals_reference(dtype, relu_input, groups, blas, monkeypatch):
     monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
     gen = torch.Generator().manual_seed(11)
     # (C_in, C_out, H, W): planes narrower than a vector, odd sizes, more outputs than inputs,
     # more than one panel of columns and a tail, and the preprocessing's 4C -> C.
     # Batch 37: several samples per chunk of the weight gradient's partial sums, the last one short.
-    for n, c_in, c_out, h, w in [(6, 5, 7, 3, 3), (6, 13, 6, 9, 7), (6, 8, 20, 5, 6), (6, 32, 8, 4, 9), (37, 6, 5, 4, 3)]:
+    # (5, 50, 13, 7, 11): the GEMM's 3-vector blocks (rows 4+3+3+3), then 2- and 1-vector and scalar
+    # columns, both ways.
+    for n, c_in, c_out, h, w in [(6, 5, 7, 3, 3), (6, 13, 6, 9, 7), (6, 8, 20, 5, 6), (6, 32, 8, 4, 9), (37, 6, 5, 4, 3),
+                                 (5, 50, 13, 7, 11)]:
         x = _random((n, c_in, h, w), dtype, gen) + 0.2
         weight = _random((c_out, c_in, 1, 1), dtype, gen)
         sizes = None if groups is None else (n - 3, 1, 2)
@@ -361,7 +364,7 @@ def test_conv1x1_bn_non_contiguous_and_batch_of_one(layout):
 
 
 @needs_kernels
-@pytest.mark.parametrize("blas", ["1", "0"])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
 def test_conv1x1_bn_gradcheck_and_deterministic_weight_gradient(blas, monkeypatch):
     monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
     gen = torch.Generator().manual_seed(13)
@@ -398,7 +401,7 @@ def test_conv1x1_bn_bad_input_is_a_clear_error():
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("relu_input", [False, True])
-@pytest.mark.parametrize("blas", ["1", "0"])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
 def test_cat_conv1x1_bn_reads_parts_in_place_equals_reference(dtype, relu_input, blas, monkeypatch):
     """A cell output's nodes fed to the preprocessing without concatenating them: forward and every
     part's gradient equal the reference (which concatenates), with per-group BN statistics."""
@@ -479,7 +482,7 @@ def _dwconv_pointwise_inputs(n, c, c_out, k, h, w, dtype, gen):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2), (5, 2, 2)])
-@pytest.mark.parametrize("blas", ["1", "0"])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
 def test_dil_conv_bn_scoring_equals_reference(dtype, kernel, stride, dilation, blas, monkeypatch):
     """Forward only (nothing recorded): the one-pass kernel equals the reference, with per-group
     statistics, odd sizes, more outputs than inputs, a plane narrower than a vector, batch 1."""
@@ -500,7 +503,7 @@ def test_dil_conv_bn_scoring_equals_reference(dtype, kernel, stride, dilation, b
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
-@pytest.mark.parametrize("blas", ["1", "0"])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
 def test_sep_conv_bn_scoring_equals_reference(dtype, kernel, stride, blas, monkeypatch):
     """The second half applies the first half's normalisation as it reads each plane: the result
     equals the reference and, exactly, the unfused CPU kernels (the same arithmetic in the same

@@ -1,6 +1,6 @@
 #pragma once
 // The per-sample GEMM of the fused 1x1-convolution kernels (pointwise_bn.cpp,
-// dwconv_pointwise_bn.cpp): torch's own BLAS where it has one, else natfast's PlaneKernels matmul.
+// dwconv_pointwise_bn.cpp): natfast's PlaneKernels matmul or torch's own BLAS, whichever is faster.
 // (Not for kernels_*.cpp: see plane_ops.h.)
 #include <dlfcn.h>
 
@@ -14,10 +14,16 @@
 namespace natfast {
 namespace cpu {
 
-// The Fortran BLAS that torch's CPU library carries (MKL or OpenBLAS export sgemm_/dgemm_) is
-// several times faster than natfast's own kernel once channels pass about 40; it is looked up at
-// run time, so a torch without it still works (on the PlaneKernels matmul). NATFAST_CPU_BLAS=0
-// forces natfast's kernel (tests cover both).
+// The Fortran BLAS that torch's CPU library carries (MKL or OpenBLAS export sgemm_/dgemm_), looked
+// up at run time, so a torch without it still works (on the PlaneKernels matmul).
+// Which one runs (NATFAST_CPU_BLAS, read on every call so that a test can switch it):
+//   unset: natfast's AVX2 kernel for C = A . B and the BLAS for B given transposed (the weight
+//          gradient, whose inner dimension is a whole plane of pixels). Measured inside the fused
+//          ops, one sample a call at the supernet's shapes (C 20-144, 8x8-32x32, batch 64, one
+//          thread, bench/RESULTS.md): the AVX2 kernel 0.95-1.17x MKL's speed, most often ~1.05x;
+//          on weight gradients 0.7x (a 20-channel row of columns leaves a scalar tail over 1024).
+//          Without AVX2 (scalar kernels) the BLAS everywhere.
+//   1: the BLAS wherever it is found;  0: natfast's kernel everywhere (tests cover all of them).
 // Integer arguments are passed as pointers to 64-bit values: on a little-endian CPU an LP64 BLAS
 // (32-bit integers, torch's usual MKL) reads their low half and an ILP64 one the whole value, the
 // same number either way.
@@ -35,13 +41,14 @@ inline FortranGemm<T> find_blas() {
   return reinterpret_cast<FortranGemm<T>>(fn);
 }
 
-// The BLAS gemm, or nullptr where there is none or NATFAST_CPU_BLAS=0 (read on every call, so a
-// test can switch it).
+// The BLAS gemm for this call, or nullptr for natfast's kernel (see above).
 template <typename T>
-inline FortranGemm<T> blas() {
+inline FortranGemm<T> blas_for(const PlaneKernels<T>& kernels, bool b_transposed) {
   static const FortranGemm<T> found = find_blas<T>();
-  const char* off = std::getenv("NATFAST_CPU_BLAS");
-  return off != nullptr && std::strcmp(off, "0") == 0 ? nullptr : found;
+  const char* setting = std::getenv("NATFAST_CPU_BLAS");
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return nullptr;
+  if (setting != nullptr && std::strcmp(setting, "1") == 0) return found;
+  return kernels.vector_width > 1 && !b_transposed ? nullptr : found;
 }
 
 // C (M x P) = A (M x K) . B (or C += that, with accumulate), row-major; B is K x P, or P x K when
@@ -49,7 +56,7 @@ inline FortranGemm<T> blas() {
 template <typename T>
 inline void gemm(const PlaneKernels<T>& kernels, const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed,
           bool accumulate, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel) {
-  if (const FortranGemm<T> f = blas<T>()) {
+  if (const FortranGemm<T> f = blas_for(kernels, b_transposed)) {
     // Column-major view: C^T (P x M) = op(B)^T (P x K) . A^T (K x M).
     const int64_t m = P, n = M, k = K, ib = ldb, ia = lda, ic = ldc;
     const T one = 1, beta = accumulate ? 1 : 0;

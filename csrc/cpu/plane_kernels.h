@@ -37,8 +37,10 @@ PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t k, int64_t stride, in
 //   G: the padded output gradient (one phase, outputs at (pad, pad)); A: the same for the max
 //      pooling's winner map. Must be zero before the first call; calls only rewrite the outputs'
 //      region, so the border stays zero.
-// Scratch elements matmul needs for an inner dimension K: one packed panel of 2 vectors of columns.
-constexpr int64_t matmul_panel_size(int64_t K) { return K * 2 * kMaxVector; }
+// Scratch elements matmul needs for an inner dimension K: one packed panel of up to 3 vectors of
+// columns.
+constexpr int64_t kMatmulPanelVectors = 3;
+constexpr int64_t matmul_panel_size(int64_t K) { return K * kMatmulPanelVectors * kMaxVector; }
 
 template <typename T>
 struct PlaneKernels {
@@ -65,6 +67,8 @@ struct PlaneKernels {
   // transposed (b_transposed). panel: scratch of matmul_panel_size(K) elements.
   void (*matmul)(const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, bool accumulate, T* C,
                  int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel);
+  // Values per vector: 1 for the portable (scalar) kernels.
+  int64_t vector_width;
 };
 
 namespace avx2 {

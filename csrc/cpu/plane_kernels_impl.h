@@ -3,6 +3,7 @@
 // instruction set: kernels_avx2.cpp (V = VecAvx2f) and kernels_portable.cpp (V = VecScalar<T>).
 // Internal linkage throughout (see simd.h). Buffer layout and invariants: plane_kernels.h.
 #include <cstring>
+#include <vector>
 
 #include "cpu/plane_kernels.h"
 #include "cpu/simd.h"
@@ -507,14 +508,15 @@ void relu_mask(const typename V::Scalar* x, typename V::Scalar* g, int64_t n) {
 }
 
 // ---------------------------------------------------------------- 1x1 convolution GEMM
-// (The stand-in where no BLAS is found; see csrc/cpu/pointwise_bn.cpp.) C's columns go NV vectors
-// at a time: their K rows of B (a whole row of pixels apart, which would share L1 sets) are first
-// packed into one contiguous panel; register blocks of R rows of C then run over the panel, K
-// innermost, reading it from L1.
+// (Where it beats the BLAS, and where there is none: see csrc/cpu/gemm.h.) C's columns go NV vectors at a time: their K
+// rows of B (a whole row of pixels apart, which would share L1 sets) are first packed into one
+// contiguous panel; register blocks of R rows of C then run over the panel, K innermost, reading
+// it from L1.
 template <class V, int R, int NV>
-inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel, bool accumulate,
-                         typename V::Scalar* C, int64_t ldc, int64_t K) {
-  static_assert(NV * V::width <= 2 * kMaxVector, "a panel holds at most 2 vectors of columns");
+inline void matmul_block(const typename V::Scalar* A, int64_t row_step, int64_t k_step,
+                         const typename V::Scalar* panel, bool accumulate, typename V::Scalar* C, int64_t ldc,
+                         int64_t K) {
+  static_assert(NV * V::width <= kMatmulPanelVectors * kMaxVector, "a panel holds at most 3 vectors of columns");
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NV; ++j) acc[r][j] = V::zero();
@@ -522,7 +524,7 @@ inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typenam
     V b[NV];
     for (int j = 0; j < NV; ++j) b[j] = V::load(panel + (k * NV + j) * V::width);
     for (int r = 0; r < R; ++r) {
-      const V a = V::set1(A[r * lda + k]);
+      const V a = V::set1(A[r * row_step + k * k_step]);
       for (int j = 0; j < NV; ++j) acc[r][j] = V::fmadd(a, b[j], acc[r][j]);
     }
   }
@@ -533,10 +535,31 @@ inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typenam
     }
 }
 
+// Rows of C go in blocks of at most `max_rows`, spread evenly over the fewest blocks: 20 rows as
+// 4+4+4+4+4 or 5+5+5+5, not 6+6+6+2, whose 2-row block loads as much as it computes (the
+// supernet's first stage has 20 channels).
+inline int64_t row_blocks(int64_t M, int64_t max_rows) { return (M + max_rows - 1) / max_rows; }
+inline int64_t block_rows(int64_t M, int64_t blocks, int64_t b) { return M / blocks + (b < M % blocks ? 1 : 0); }
+
+// Block b of rows [first, first + rows) reads A at A_block + r * row_step + k * k_step.
+template <class V, int NV, int MaxRows>
+inline void matmul_rows(const typename V::Scalar* A_block, int64_t row_step, int64_t k_step,
+                        const typename V::Scalar* panel, bool accumulate, typename V::Scalar* C, int64_t ldc,
+                        int64_t rows, int64_t K) {
+  static_assert(MaxRows <= 6, "at most 6 rows a block");
+  switch (rows) {
+    case 6: matmul_block<V, (MaxRows >= 6 ? 6 : 1), NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    case 5: matmul_block<V, (MaxRows >= 5 ? 5 : 1), NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    case 4: matmul_block<V, 4, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    case 3: matmul_block<V, 3, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    case 2: matmul_block<V, 2, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    default: matmul_block<V, 1, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+  }
+}
+
 template <class V, int NV>
-inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* B, int64_t ldb,
-                           bool b_transposed, bool accumulate, typename V::Scalar* C, int64_t ldc, int64_t M,
-                           int64_t K, typename V::Scalar* panel) {
+inline void pack_panel(const typename V::Scalar* B, int64_t ldb, bool b_transposed, int64_t K,
+                       typename V::Scalar* panel) {
   if (b_transposed) {  // column j of B is row j of the given (columns x K) matrix
     for (int64_t j = 0; j < NV * V::width; ++j)
       for (int64_t k = 0; k < K; ++k) panel[k * NV * V::width + j] = B[j * ldb + k];
@@ -544,23 +567,19 @@ inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typen
     for (int64_t k = 0; k < K; ++k)
       for (int j = 0; j < NV; ++j) V::load(B + k * ldb + j * V::width).store(panel + (k * NV + j) * V::width);
   }
-  // At most 6 rows a block (6 x 2 accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16
-  // registers), the rows spread evenly over the fewest blocks: 20 rows as 5+5+5+5, not 6+6+6+2,
-  // whose 2-row block loads as much as it computes (the supernet's first stage has 20 channels).
-  const int64_t blocks = (M + 5) / 6;
-  int64_t i = 0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t rows = M / blocks + (b < M % blocks ? 1 : 0);
-    const typename V::Scalar* a = A + i * lda;
-    typename V::Scalar* c = C + i * ldc;
-    switch (rows) {
-      case 6: matmul_block<V, 6, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-      case 5: matmul_block<V, 5, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-      case 4: matmul_block<V, 4, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-      case 3: matmul_block<V, 3, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-      case 2: matmul_block<V, 2, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-      default: matmul_block<V, 1, NV>(a, lda, panel, accumulate, c, ldc, K); break;
-    }
+}
+
+// NV = 1 or 2 vectors of columns: up to 6 rows a block (6 x 2 accumulators + 2 B vectors + 1
+// broadcast: 15 of AVX2's 16 registers), A read in place.
+template <class V, int NV>
+inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* B, int64_t ldb,
+                           bool b_transposed, bool accumulate, typename V::Scalar* C, int64_t ldc, int64_t M,
+                           int64_t K, typename V::Scalar* panel) {
+  pack_panel<V, NV>(B, ldb, b_transposed, K, panel);
+  const int64_t blocks = row_blocks(M, 6);
+  for (int64_t b = 0, i = 0; b < blocks; ++b) {
+    const int64_t rows = block_rows(M, blocks, b);
+    matmul_rows<V, NV, 6>(A + i * lda, lda, 1, panel, accumulate, C + i * ldc, ldc, rows, K);
     i += rows;
   }
 }
@@ -573,6 +592,19 @@ void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* 
   // Where column p of B starts, and the step from one k to the next.
   const int64_t col_step = b_transposed ? ldb : 1, k_step = b_transposed ? 1 : ldb;
   int64_t p = 0;
+  if (V::width > 1) {
+    // 3 vectors of columns by up to 4 rows: 12 accumulators + 3 B vectors + 1 broadcast, all 16
+    // AVX2 registers. Each broadcast feeds 3 FMAs instead of 2.
+    const int64_t blocks = row_blocks(M, 4);
+    for (; p + 3 * V::width <= P; p += 3 * V::width) {
+      pack_panel<V, 3>(B + p * col_step, ldb, b_transposed, K, panel);
+      for (int64_t b = 0, i = 0; b < blocks; ++b) {
+        const int64_t rows = block_rows(M, blocks, b);
+        matmul_rows<V, 3, 4>(A + i * lda, lda, 1, panel, accumulate, C + i * ldc + p, ldc, rows, K);
+        i += rows;
+      }
+    }
+  }
   for (; p + 2 * V::width <= P; p += 2 * V::width)
     matmul_columns<V, 2>(A, lda, B + p * col_step, ldb, b_transposed, accumulate, C + p, ldc, M, K, panel);
   for (; p + V::width <= P; p += V::width)
@@ -589,7 +621,8 @@ template <class V>
 PlaneKernels<typename V::Scalar> make_table() {
   return {&relu_dwconv_forward<V>, &relu_dwconv_backward<V>, &max_pool_forward<V>, &max_pool_backward<V>,
           &avg_pool_forward<V>,    &avg_pool_backward<V>,    &sums<V>,             &affine<V>,
-          &relu<V>,                &relu_mask<V>,            &matmul<V>};
+          &relu<V>,                &relu_mask<V>,            &matmul<V>,
+          V::width};
 }
 
 }  // namespace
