@@ -211,10 +211,15 @@ class Supernet(nn.Module):
     def _run_cells(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> List[torch.Tensor]:
         """Logits of each architecture from its stem output, all through each cell together."""
         states = [(stem, stem) for stem in stems]
+
+        def genes_of(cell):
+            return [(g.reduce if cell.reduction else g.normal, g.reduce_concat if cell.reduction else g.normal_concat)
+                    for g in archs]
+
         for index, cell in enumerate(self.cells):
-            cells_genes = [(g.reduce if cell.reduction else g.normal,
-                            g.reduce_concat if cell.reduction else g.normal_concat) for g in archs]
-            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], cells_genes)
+            following = self.cells[index + 1] if index + 1 < len(self.cells) else None
+            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], genes_of(cell),
+                                  following, genes_of(following) if following is not None else None)
             states = [(s[1], o) for s, o in zip(states, outs)]
             # Later keys name the values the lanes hold, not the memo: forget this cell's
             # intermediates so that (under inference) their memory is freed as the pass goes on.
@@ -230,9 +235,15 @@ class Supernet(nn.Module):
                         raise ValueError(f"edge {(op, f, t)} does not fit this supernet "
                                          f"({self.family.name}, {b} nodes, ops {self.primitives})")
 
-    def _preprocess(self, ctx, module, tag, index, outs: Sequence[CellOutput], needed: Sequence[bool]) -> List[Value]:
+    def _preprocess(self, ctx, module, tag, index, outs: Sequence[CellOutput], needed: Sequence[bool],
+                    ahead=None) -> List[Value]:
         """Preprocess each lane's input where the cell uses it. Zero nodes are dropped together with
-        their weight columns: exact, since ReLU and the 1x1 convolutions map zeros to zeros."""
+        their weight columns: exact, since ReLU and the 1x1 convolutions map zeros to zeros.
+        `ahead`: (the next cell's input-0 preprocessing, which lanes need it): it reads the same cell
+        outputs, and where a fused kernel reads an input once for both, it runs now (kept for the
+        next cell by the context)."""
+        if ahead is not None and outs and self._preprocesses_ahead(ctx, module, ahead[0], outs):
+            return self._preprocess_with_next(ctx, module, tag, index, outs, needed, *ahead)
         requests = []
         results: List[Optional[Value]] = [None] * len(outs)
         for lane, out in enumerate(outs):
@@ -261,6 +272,47 @@ class Supernet(nn.Module):
         return results
 
     @staticmethod
+    def _preprocesses_ahead(ctx, module, following, outs: Sequence[CellOutput]) -> bool:
+        """Whether input 1's preprocessing and the next cell's input 0's run as one pass: when
+        scoring (nothing is recorded for a backward) with a kernel that reads the input once for
+        both (on a CPU: the measured gain is that of reading a cell output once instead of twice)."""
+        like = next((t for out in outs for t in out.tensors()), None)
+        if like is None or torch.is_grad_enabled() or ctx.concatenating(like):
+            return False
+        return fused.has_fused_cat_conv1x1_bn_each([like], [module.weight, following.weight])
+
+    def _preprocess_with_next(self, ctx, module, tag, index, outs, needed, following, following_needed) -> List[Value]:
+        """_preprocess, and for the cell outputs that both this cell and the next read, the next
+        cell's input-0 preprocessing in the same pass (ctx.ahead keeps it for that cell)."""
+        results: List[Optional[Value]] = [None] * len(outs)
+        by_key: Dict[tuple, list] = {}
+        for lane, out in enumerate(outs):
+            if not any(v.tensor is not None for v in out.values) or not needed[lane]:
+                results[lane] = ctx.zero(out.values[0].n)
+                continue
+            by_key.setdefault(out.key, []).append(lane)
+        for key, lanes in by_key.items():
+            out = outs[lanes[0]]
+            own_key, next_key = (tag, index, key), ("pre0", index + 1, key)
+            value = ctx.memoised(own_key)
+            if value is None:
+                blocks = None if out.blocks is None else tuple(
+                    blk for v, blk in zip(out.values, out.blocks) if v.tensor is not None)
+                parts = out.tensors()
+                cidx = None if blocks is None else _channel_index(blocks, parts[0])
+                weights = [m.weight if cidx is None else m.weight.index_select(1, cidx) for m in (module, following)]
+                together = any(following_needed[lane] for lane in range(len(outs)) if outs[lane].key == key)
+                if together and ctx.memoised(next_key, ahead=True) is None:
+                    mine, theirs = fused.cat_conv1x1_bn_each(parts, weights, None, relu_input=True)
+                    ctx.keep_ahead(next_key, theirs)
+                else:
+                    mine = fused.cat_conv1x1_bn(parts, weights[0], None, relu_input=True)
+                value = ctx.keep(own_key, mine)
+            for lane in lanes:
+                results[lane] = value
+        return results
+
+    @staticmethod
     def _reads_nodes_in_place(ctx, module, like: torch.Tensor) -> bool:
         """Whether the preprocessing reads a cell output's node tensors in place: where a fused
         kernel does (a CPU with the C++ kernels), both consumers take the tensors (FactorizedReduce
@@ -270,12 +322,18 @@ class Supernet(nn.Module):
         weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a  # (its dtype)
         return fused.has_fused_cat_conv1x1_bn([like], weight, None)
 
-    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes) -> List[CellOutput]:
+    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes, following=None,
+                  following_genes=None) -> List[CellOutput]:
+        """`following`: the next cell (None for the last), which preprocesses outs_p as its input 0."""
         b = self.family.num_nodes
         outputs = [output_nodes(edges, concat, self.family) for edges, concat in genes]
         lives = [live_nodes(edges, outs) for (edges, _), outs in zip(genes, outputs)]
         s0 = self._preprocess(ctx, cell.pre0, "pre0", index, outs_pp, [0 in live for live in lives])
-        s1 = self._preprocess(ctx, cell.pre1, "pre1", index, outs_p, [1 in live for live in lives])
+        ahead = None
+        if following is not None and isinstance(following.pre0, ReLUConvBN):
+            ahead = (following.pre0, [0 in live_nodes(edges, output_nodes(edges, concat, self.family))
+                                      for edges, concat in following_genes])
+        s1 = self._preprocess(ctx, cell.pre1, "pre1", index, outs_p, [1 in live for live in lives], ahead)
         nodes = [{0: a, 1: c} for a, c in zip(s0, s1)]
         for t in range(2, b + 2):
             # Gather, per (from, op), the distinct inputs of all lanes whose node t is live.
@@ -355,6 +413,7 @@ class _RunContext:
         self._concat_mode = concatenate
         self._uids = itertools.count()
         self._memo: Dict[tuple, Value] = {}
+        self._ahead: Dict[tuple, Value] = {}  # the next cell's values, computed early
         self._pooled: Dict[int, torch.Tensor] = {}
 
     def fork(self) -> "_RunContext":
@@ -365,7 +424,19 @@ class _RunContext:
         return other
 
     def forget(self) -> None:
-        self._memo.clear()
+        """Done with a cell: its values go, but those computed ahead for the next cell stay."""
+        self._memo, self._ahead = self._ahead, {}
+
+    def memoised(self, key, ahead: bool = False) -> Optional[Value]:
+        return (self._ahead if ahead else self._memo).get(key)
+
+    def keep(self, key, tensor: torch.Tensor) -> Value:
+        self._memo[key] = Value(next(self._uids), tensor, tensor.shape[0])
+        return self._memo[key]
+
+    def keep_ahead(self, key, tensor: torch.Tensor) -> None:
+        """A value of the next cell's, computed now (see forget)."""
+        self._ahead[key] = Value(next(self._uids), tensor, tensor.shape[0])
 
     def concatenating(self, like: torch.Tensor) -> bool:
         return like.is_cuda if self._concat_mode is None else self._concat_mode

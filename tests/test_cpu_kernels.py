@@ -449,6 +449,66 @@ def test_cat_conv1x1_bn_reads_pixel_subsamples_in_place(dtype, relu_input):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu_input", [False, True])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
+def test_cat_conv1x1_bn_each_equals_one_call_per_weight(dtype, relu_input, blas, monkeypatch):
+    """The two cells that preprocess one cell output, in one pass over it (scoring): each weight's
+    output equals the reference's, for parts of unequal widths (one a strided view), per-group
+    statistics and weights of different widths."""
+    from natfast.ops.fused import cat_conv1x1_bn_each
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    gen = torch.Generator().manual_seed(19)
+    for n, widths, c_outs, h, w, sizes in [(6, (4, 4, 4, 4), (4, 4), 5, 6, (3, 1, 2)), (5, (3, 1, 7), (9, 2, 5), 8, 7, None),
+                                          (4, (30,), (20, 40), 5, 5, (2, 2))]:
+        parts = [_random((n, c, h, w), dtype, gen) + 0.2 for c in widths]
+        parts[-1] = _layout(parts[-1], "strided")
+        weights = [_random((c, sum(widths), 1, 1), dtype, gen) for c in c_outs]
+        with dispatch.use_backend("reference"):
+            expected = [cat_conv1x1_bn_reference(parts, wt, sizes, 1e-5, relu_input) for wt in weights]
+        with torch.inference_mode(), dispatch.recording() as used:
+            got = cat_conv1x1_bn_each(parts, weights, sizes, 1e-5, relu_input)
+        assert used["cat_conv1x1_bn_each"] == {"cpu"}
+        assert len(got) == len(weights)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, **TOL[dtype])
+
+
+@needs_kernels
+def test_cat_conv1x1_bn_each_under_autograd_is_one_call_per_weight():
+    """The kernel is forward only: under autograd the reference runs and gradients flow."""
+    from natfast.ops.fused import cat_conv1x1_bn, cat_conv1x1_bn_each
+    gen = torch.Generator().manual_seed(20)
+    parts = [_random((4, 3, 5, 5), torch.float32, gen).requires_grad_() for _ in range(2)]
+    weights = [_random((c, 6, 1, 1), torch.float32, gen).requires_grad_() for c in (4, 5)]
+    with dispatch.recording() as used:
+        ys = cat_conv1x1_bn_each(parts, weights, (1, 3), relu_input=True)
+    assert used["cat_conv1x1_bn_each"] == {"reference"}
+    sum(y.sum() * (i + 1) for i, y in enumerate(ys)).backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in parts + weights)
+    with torch.no_grad():
+        for y, wt in zip(ys, weights):
+            torch.testing.assert_close(y, cat_conv1x1_bn(parts, wt, (1, 3), relu_input=True), **TOL[torch.float32])
+
+
+@needs_kernels
+def test_cat_conv1x1_bn_each_bad_input_is_a_clear_error():
+    from natfast.ops.fused import cat_conv1x1_bn_each
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 4, 4)
+    with pytest.raises(ValueError, match="at least one weight"):
+        cat_conv1x1_bn_each([a, b], [])
+    with pytest.raises(ValueError, match=r"\(C_out, 5, 1, 1\) weights"):
+        cat_conv1x1_bn_each([a, b], [torch.randn(5, 5, 1, 1), torch.randn(5, 4, 1, 1)])
+    with pytest.raises(ValueError, match="share batch, height and width"):
+        cat_conv1x1_bn_each([a, torch.randn(2, 2, 4, 5)], [torch.randn(5, 5, 1, 1)])
+    with pytest.raises(ValueError, match="add up"):
+        cat_conv1x1_bn_each([a, b], [torch.randn(5, 5, 1, 1)], groups=(1, 2))
+    with pytest.raises(RuntimeError, match="weight must be"):
+        torch.ops.natfast.cpu_conv1x1_bn_forward_each([a, b], [torch.randn(5, 5, 1, 1), torch.randn(5, 4, 1, 1)], [],
+                                                      1e-5, False)
+
+
+@needs_kernels
 def test_cat_conv1x1_bn_gradcheck_float64():
     gen = torch.Generator().manual_seed(15)
     parts = [(_random((3, c, 4, 3), torch.float64, gen) + 0.1).requires_grad_() for c in (2, 3)]

@@ -2,8 +2,11 @@
 import pytest
 import torch
 
+from natfast import _ext
 from natfast.genotype import FAMILIES, Genotype, get_family
 from natfast.network import network_from_supernet
+from natfast.ops import fused
+from natfast.ops.dispatch import use_backend
 from natfast.sampler import sample_genotype
 from natfast.supernet import Supernet, edge_key
 
@@ -178,3 +181,31 @@ def test_wrong_input_shape_is_a_clear_error(shape):
         sn(torch.randn(*shape, dtype=torch.float64), arch)
     with pytest.raises(ValueError, match="expected a batch of RGB images"):
         network_from_supernet(sn, arch)(torch.randn(*shape, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not _ext.has_op("cpu_conv1x1_bn_forward_each"), reason="needs natfast._C's CPU kernels")
+@pytest.mark.parametrize("family_name", ["darts", "enas"])
+def test_scoring_reads_a_cell_output_once_for_both_cells_that_preprocess_it(family_name, monkeypatch):
+    """Scoring on a CPU: input 1's preprocessing and the next cell's input 0's run as one pass over
+    the cell output they share; the logits equal the reference path's, one architecture at a time.
+    Under autograd (training) the two stay separate."""
+    sn = _supernet(family_name, layers=5)        # reductions at cells 1 and 3
+    gen = torch.Generator().manual_seed(21)
+    archs = _archs_for_sharing(sn.family, gen)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
+    passes = []
+    each = fused.cat_conv1x1_bn_each
+    monkeypatch.setattr(fused, "cat_conv1x1_bn_each", lambda *a, **k: passes.append(len(a[1])) or each(*a, **k))
+    with torch.inference_mode():
+        scored = sn.run([x], [(0, a) for a in archs])
+        with use_backend("reference"):
+            expected = [sn(x, a) for a in archs]
+    # Pairs run together after cells 0 and 2 (after a reduction cell the next input 0 is a
+    # FactorizedReduce); the duplicate architecture and shared cells add none.
+    assert passes and all(n == 2 for n in passes)
+    for y, e in zip(scored, expected):
+        torch.testing.assert_close(y, e, rtol=1e-7, atol=1e-9)
+    passes.clear()
+    trained = sn(x, archs[0])
+    assert passes == []
+    torch.testing.assert_close(trained.detach(), expected[0], rtol=1e-7, atol=1e-9)

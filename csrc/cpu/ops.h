@@ -38,6 +38,9 @@ at::Tensor group_batch_norm_backward(const at::Tensor& grad_y, const at::Tensor&
 // pointwise_bn.cpp
 std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts, const at::Tensor& weight,
                                                       at::IntArrayRef groups, double eps, bool relu_input);
+// conv1x1_bn_forward's y for each weight, the input read once for all (forward only: scoring).
+std::vector<at::Tensor> conv1x1_bn_forward_each(at::TensorList parts, at::TensorList weights, at::IntArrayRef groups,
+                                                double eps, bool relu_input);
 std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y, at::TensorList parts,
                                                                     const at::Tensor& weight, const at::Tensor& y,
                                                                     const at::Tensor& rstd, at::IntArrayRef groups,

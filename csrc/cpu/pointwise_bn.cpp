@@ -4,7 +4,9 @@
 // x concatenates along channels (one part: x itself): a cell's output is its nodes concatenated,
 // and reading the nodes in place spares the preprocessing both the concatenation and a full-size
 // ReLU; the forward reads any view of a part in place too (FactorizedReduce's stride-2 pixel
-// subsamples). One sample at a time per thread, so what one step writes the next reads from cache:
+// subsamples). The forward also runs several weights over one input (the two cells that
+// preprocess the same cell output, when scoring), reading it once. One sample at a time per thread,
+// so what one step writes the next reads from cache:
 //   forward:  y_n = sum_k W_k . f(x_nk) and its per-plane sums (W_k: part k's weight columns); then
 //             y normalised in place. y is also the normalised value (affine=False), so the backward
 //             needs neither mean nor the raw conv.
@@ -105,41 +107,70 @@ std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& w
   return parts;
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, const at::Tensor& weight_in,
-                                                      at::IntArrayRef groups, double eps, bool relu_input) {
-  const char* op = "cpu_conv1x1_bn_forward";
+// The forward for each weight over the same input: each sample's input is gathered (and ReLU'd)
+// once for all of them.
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const char* op, at::TensorList parts_in,
+                                                                          at::TensorList weights_in,
+                                                                          at::IntArrayRef groups, double eps,
+                                                                          bool relu_input) {
+  TORCH_CHECK(!weights_in.empty(), op, ": needs at least one weight");
   std::vector<int64_t> offsets;
-  const std::vector<at::Tensor> parts = check_parts(parts_in, weight_in, op, offsets, /*keep_views=*/true);
-  const at::Tensor weight = weight_in.contiguous();
+  const std::vector<at::Tensor> parts = check_parts(parts_in, weights_in[0], op, offsets, /*keep_views=*/true);
   const at::Tensor& x0 = parts[0];
-  const int64_t N = x0.size(0), Ci = offsets.back(), Co = weight.size(0), P = x0.size(2) * x0.size(3);
+  const int64_t N = x0.size(0), Ci = offsets.back(), P = x0.size(2) * x0.size(3);
   const std::vector<int64_t> starts = group_starts(groups, N, op);
   const int64_t G = int64_t(starts.size()) - 1;
-  at::Tensor y = at::empty({N, Co, x0.size(2), x0.size(3)}, x0.options());
-  at::Tensor mean = at::empty({G, Co}, x0.options().dtype(at::kDouble));
-  at::Tensor rstd = at::empty({G, Co}, x0.options().dtype(at::kDouble));
+  std::vector<at::Tensor> weights, ys, rstds;
+  for (const at::Tensor& w : weights_in) {
+    check_parts(parts_in, w, op, offsets, /*keep_views=*/true);  // (each weight fits the input)
+    weights.push_back(w.contiguous());
+    ys.push_back(at::empty({N, w.size(0), x0.size(2), x0.size(3)}, x0.options()));
+    rstds.push_back(at::empty({G, w.size(0)}, x0.options().dtype(at::kDouble)));
+  }
+  const size_t W = weights.size();
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_conv1x1_bn", [&] {
     const auto& kernels = plane_kernels<scalar_t>();
     std::vector<PartView<scalar_t>> xp;
     for (const at::Tensor& part : parts) xp.push_back(part_view<scalar_t>(part));
     const bool gathers = relu_input || xp.size() > 1 || !xp[0].dense;
-    const scalar_t* wp = weight.data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    std::vector<double> s1(N * Co), s2(N * Co);
+    std::vector<std::vector<double>> s1(W), s2(W);
+    for (size_t i = 0; i < W; ++i) {
+      s1[i].resize(N * weights[i].size(0));
+      s2[i].resize(N * weights[i].size(0));
+    }
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> panel(matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0);
       for (int64_t n = begin; n < end; ++n) {
-        scalar_t* yn = yp + n * Co * P;
         const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
-        gemm(kernels, wp, Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
-        for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[n * Co + c], &s2[n * Co + c]);
+        for (size_t i = 0; i < W; ++i) {
+          const int64_t Co = weights[i].size(0);
+          scalar_t* yn = ys[i].data_ptr<scalar_t>() + n * Co * P;
+          gemm(kernels, weights[i].data_ptr<scalar_t>(), Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
+          for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[i][n * Co + c], &s2[i][n * Co + c]);
+        }
       }
     });
-    normalize_planes(kernels, yp, yp, s1, s2, starts, Co, P, eps, mean.data_ptr<double>(), rstd.data_ptr<double>());
+    for (size_t i = 0; i < W; ++i) {
+      scalar_t* yp = ys[i].data_ptr<scalar_t>();
+      at::Tensor mean = at::empty({G, weights[i].size(0)}, x0.options().dtype(at::kDouble));
+      normalize_planes(kernels, yp, yp, s1[i], s2[i], starts, weights[i].size(0), P, eps, mean.data_ptr<double>(),
+                       rstds[i].data_ptr<double>());
+    }
   });
-  return {y, rstd};
+  return {ys, rstds};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, const at::Tensor& weight_in,
+                                                      at::IntArrayRef groups, double eps, bool relu_input) {
+  auto [ys, rstds] = forward_each("cpu_conv1x1_bn_forward", parts_in, {weight_in}, groups, eps, relu_input);
+  return {ys[0], rstds[0]};
+}
+
+std::vector<at::Tensor> conv1x1_bn_forward_each(at::TensorList parts, at::TensorList weights, at::IntArrayRef groups,
+                                                double eps, bool relu_input) {
+  return std::get<0>(forward_each("cpu_conv1x1_bn_forward_each", parts, weights, groups, eps, relu_input));
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y_in,
@@ -238,6 +269,11 @@ TORCH_LIBRARY_FRAGMENT(natfast, m) {
   m.def(
       "cpu_conv1x1_bn_forward(Tensor[] parts, Tensor weight, int[] groups, float eps, bool relu_input) -> "
       "(Tensor, Tensor)");
+  // [y for each weight]: cpu_conv1x1_bn_forward's y for every weight over the same parts, each
+  // sample's input gathered (and ReLU'd) once for all. Forward only (scoring: nothing is recorded).
+  m.def(
+      "cpu_conv1x1_bn_forward_each(Tensor[] parts, Tensor[] weights, int[] groups, float eps, bool relu_input) -> "
+      "Tensor[]");
   // (grad of each part, grad_weight) given the forward's parts, weight, y and rstd.
   m.def(
       "cpu_conv1x1_bn_backward(Tensor grad_y, Tensor[] parts, Tensor weight, Tensor y, Tensor rstd, int[] groups, "
@@ -246,5 +282,6 @@ TORCH_LIBRARY_FRAGMENT(natfast, m) {
 
 TORCH_LIBRARY_IMPL(natfast, CPU, m) {
   m.impl("cpu_conv1x1_bn_forward", &natfast::cpu::conv1x1_bn_forward);
+  m.impl("cpu_conv1x1_bn_forward_each", &natfast::cpu::conv1x1_bn_forward_each);
   m.impl("cpu_conv1x1_bn_backward", &natfast::cpu::conv1x1_bn_backward);
 }

@@ -5,6 +5,8 @@
 end of sep_conv/dil_conv and the cell preprocessing.
 `cat_conv1x1_bn`: conv1x1_bn of tensors concatenated along channels (a cell output's nodes), which
 a fused kernel reads in place instead of concatenating them.
+`cat_conv1x1_bn_each`: cat_conv1x1_bn for several weights over the same parts (the two cells that
+preprocess one cell output); a fused kernel reads the input once for all.
 `dil_conv_bn` / `sep_conv_bn`: the supernet's whole dil_conv and sep_conv (relu_dwconv, then
 conv1x1_bn; twice for sep_conv). A backend may serve them for scoring only (no autograd recording),
 where nothing needs keeping for a backward and one pass per sample does the whole op.
@@ -13,7 +15,7 @@ its own unfused kernels (and use_backend("reference") gets plain PyTorch).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,52 @@ def cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: 
     if groups is not None and sum(groups) != first.shape[0]:
         raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
     return dispatch.call("cat_conv1x1_bn", parts, weight, tuple(groups) if groups is not None else None, eps, relu_input)
+
+
+def cat_conv1x1_bn_each_reference(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                                  groups: Optional[Sequence[int]], eps: float = EPS,
+                                  relu_input: bool = False) -> List[torch.Tensor]:
+    x = parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=1)
+    if relu_input:
+        x = F.relu(x)
+    return [conv1x1_bn(x, w, groups, eps) for w in weights]
+
+
+dispatch.register("cat_conv1x1_bn_each", "reference", cat_conv1x1_bn_each_reference)
+
+
+def cat_conv1x1_bn_each(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                        groups: Optional[Sequence[int]] = None, eps: float = EPS,
+                        relu_input: bool = False) -> List[torch.Tensor]:
+    """[cat_conv1x1_bn(parts, w, groups, eps, relu_input) for w in weights]: the two cells that
+    preprocess one cell output, which a fused kernel serves reading the input once."""
+    weights = list(weights)
+    if not weights:
+        raise ValueError("cat_conv1x1_bn_each needs at least one weight")
+    parts = list(parts)
+    if not parts or any(p.dim() != 4 for p in parts):
+        raise ValueError(f"cat_conv1x1_bn_each needs one or more (N, C, H, W) parts, got shapes "
+                         f"{[tuple(p.shape) for p in parts]}")
+    first = parts[0]
+    if any(p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:] for p in parts):
+        raise ValueError(f"cat_conv1x1_bn_each parts must share batch, height and width, got "
+                         f"{[tuple(p.shape) for p in parts]}")
+    channels = sum(p.shape[1] for p in parts)
+    for w in weights:
+        if w.dim() != 4 or tuple(w.shape[1:]) != (channels, 1, 1):
+            raise ValueError(f"cat_conv1x1_bn_each needs (C_out, {channels}, 1, 1) weights for parts of {channels} "
+                             f"channels in all, got {tuple(w.shape)}")
+    if groups is not None and sum(groups) != first.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
+    return dispatch.call("cat_conv1x1_bn_each", parts, weights, tuple(groups) if groups is not None else None, eps,
+                         relu_input)
+
+
+def has_fused_cat_conv1x1_bn_each(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> bool:
+    """Whether cat_conv1x1_bn_each reads its input once for all weights here (a fused kernel), or is
+    the reference's one call per weight."""
+    return dispatch.resolve("cat_conv1x1_bn_each", parts[0].device.type, list(parts), list(weights), None, EPS,
+                            True)[0] != "reference"
 
 
 def has_fused_cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]]) -> bool:

@@ -1,7 +1,7 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
-`pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `dil_conv_bn` and
-`sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as batched GEMMs (no
+`pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `cat_conv1x1_bn_each`,
+`dil_conv_bn` and `sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as batched GEMMs (no
 compiled code: registered even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
@@ -11,7 +11,7 @@ NATFAST_BACKEND=reference switches them off.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from ... import _ext
 
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
-             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_backward",
+             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_forward_each", "cpu_conv1x1_bn_backward",
              "cpu_dwconv_pointwise_bn_forward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
@@ -191,6 +191,12 @@ def cat_conv1x1_bn_cpu(parts: Sequence[torch.Tensor], weight: torch.Tensor, grou
     return Conv1x1BatchNorm.apply(weight, tuple(groups) if groups is not None else (), eps, relu_input, *parts)
 
 
+def cat_conv1x1_bn_each_cpu(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                            groups: Optional[Sequence[int]], eps: float, relu_input: bool) -> List[torch.Tensor]:
+    return torch.ops.natfast.cpu_conv1x1_bn_forward_each(list(parts), list(weights), list(groups or ()), eps,
+                                                         relu_input)
+
+
 def dil_conv_bn_cpu(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, stride: int, dilation: int,
                     groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
     return torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw_weight, pw_weight, stride, dilation,
@@ -265,6 +271,12 @@ def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps
     return pw_weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * out > 1
 
 
+def _supports_cat_conv1x1_bn_each(parts, weights, groups, eps, relu_input) -> bool:
+    # Forward only: under autograd the reference (one cat_conv1x1_bn, with its backward, per weight).
+    return (not _recording(*parts, *weights) and all(w.dtype == weights[0].dtype for w in weights)
+            and _supports_cat_conv1x1_bn(parts, weights[0], groups, eps, relu_input))
+
+
 def _supports_sep_conv_bn(x, dw1, pw1, dw2, pw2, stride, groups, eps) -> bool:
     # The second half reads the first's output: x's channels (sep_conv_bn checks), stride 1.
     return (_supports_dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps) and not _recording(dw2, pw2)
@@ -287,9 +299,10 @@ def register() -> str:
         dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
         dispatch.register("conv1x1_bn", "cpu", conv1x1_bn_cpu, supports=_supports_conv1x1_bn)
         dispatch.register("cat_conv1x1_bn", "cpu", cat_conv1x1_bn_cpu, supports=_supports_cat_conv1x1_bn)
+        dispatch.register("cat_conv1x1_bn_each", "cpu", cat_conv1x1_bn_each_cpu, supports=_supports_cat_conv1x1_bn_each)
         dispatch.register("dil_conv_bn", "cpu", dil_conv_bn_cpu, supports=_supports_dil_conv_bn)
         dispatch.register("sep_conv_bn", "cpu", sep_conv_bn_cpu, supports=_supports_sep_conv_bn)
         return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
-                "relu_conv2d, dil_conv_bn and sep_conv_bn (scoring)")
+                "relu_conv2d, cat_conv1x1_bn_each, dil_conv_bn and sep_conv_bn (scoring)")
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
