@@ -118,6 +118,44 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
         assert on.stdout.strip() == "True", on.stderr
 
 
+_BLOCK_OF_A_THREAD = """
+import threading
+from natfast._malloc import keep_freed_memory
+keep_freed_memory()
+import torch
+
+def in_main_heap():
+    block = torch.empty(5_000_000)                # 20 MB, as a lane worker's activations
+    for line in open("/proc/self/maps"):
+        if line.rstrip().endswith("[heap]"):
+            low, high = (int(a, 16) for a in line.split()[0].split("-"))
+            print(low <= block.data_ptr() < high)
+            return
+    print(False)
+
+worker = threading.Thread(target=in_main_heap)
+worker.start()
+worker.join()
+"""
+
+
+def test_keep_freed_memory_serves_other_threads_from_the_kept_heap():
+    """A lane worker's big blocks come from the main heap, which is never trimmed (without it, glibc
+    gives the thread an arena of its own, whose heaps it unmaps as they empty: pages faulted in
+    again and again)."""
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    runs = {}
+    for keep in ("1", "0"):
+        run = subprocess.run([sys.executable, "-c", _BLOCK_OF_A_THREAD], env=dict(env, NATFAST_KEEP_FREED_MEMORY=keep),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        runs[keep] = run.stdout.strip()
+    assert runs == {"1": "True", "0": "False"}
+
+
 def test_bench_steps_and_derive_print_their_contract_keys():
     steps = _natfast("bench", "steps", "--batch-size", "4", "--layers", "5", "--channels", "4", "--repeats", "1",
                      "--json")
