@@ -14,7 +14,8 @@ number of architectures in one pass:
 * null edges, edges from known-zero nodes (BN affine=False maps zeros to zeros) and nodes that
   cannot reach the cell output are never executed;
 * on a CPU, lanes go through the cells a few at a time; when scoring (autograd records nothing),
-  these chunks, which share nothing past the stem, run side by side (natfast/lane_workers.py).
+  these chunks, which share nothing past the stem, run side by side (natfast/lane_workers.py),
+  and each cell output is read once by both cells that preprocess it (`cat_conv1x1_bn_each`).
 """
 from __future__ import annotations
 

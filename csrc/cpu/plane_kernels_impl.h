@@ -3,7 +3,6 @@
 // instruction set: kernels_avx2.cpp (V = VecAvx2f) and kernels_portable.cpp (V = VecScalar<T>).
 // Internal linkage throughout (see simd.h). Buffer layout and invariants: plane_kernels.h.
 #include <cstring>
-#include <vector>
 
 #include "cpu/plane_kernels.h"
 #include "cpu/simd.h"
@@ -508,14 +507,13 @@ void relu_mask(const typename V::Scalar* x, typename V::Scalar* g, int64_t n) {
 }
 
 // ---------------------------------------------------------------- 1x1 convolution GEMM
-// (Where it beats the BLAS, and where there is none: see csrc/cpu/gemm.h.) C's columns go NV vectors at a time: their K
-// rows of B (a whole row of pixels apart, which would share L1 sets) are first packed into one
-// contiguous panel; register blocks of R rows of C then run over the panel, K innermost, reading
-// it from L1.
+// (Where it beats the BLAS, and where there is none: see csrc/cpu/gemm.h.) C's columns go NV
+// vectors at a time: their K rows of B (a whole row of pixels apart, which would share L1 sets) are
+// first packed into one contiguous panel; register blocks of R rows of C then run over the panel,
+// K innermost, reading it from L1.
 template <class V, int R, int NV>
-inline void matmul_block(const typename V::Scalar* A, int64_t row_step, int64_t k_step,
-                         const typename V::Scalar* panel, bool accumulate, typename V::Scalar* C, int64_t ldc,
-                         int64_t K) {
+inline void matmul_block(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel, bool accumulate,
+                         typename V::Scalar* C, int64_t ldc, int64_t K) {
   static_assert(NV * V::width <= kMatmulPanelVectors * kMaxVector, "a panel holds at most 3 vectors of columns");
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
@@ -524,7 +522,7 @@ inline void matmul_block(const typename V::Scalar* A, int64_t row_step, int64_t 
     V b[NV];
     for (int j = 0; j < NV; ++j) b[j] = V::load(panel + (k * NV + j) * V::width);
     for (int r = 0; r < R; ++r) {
-      const V a = V::set1(A[r * row_step + k * k_step]);
+      const V a = V::set1(A[r * lda + k]);
       for (int j = 0; j < NV; ++j) acc[r][j] = V::fmadd(a, b[j], acc[r][j]);
     }
   }
@@ -541,19 +539,18 @@ inline void matmul_block(const typename V::Scalar* A, int64_t row_step, int64_t 
 inline int64_t row_blocks(int64_t M, int64_t max_rows) { return (M + max_rows - 1) / max_rows; }
 inline int64_t block_rows(int64_t M, int64_t blocks, int64_t b) { return M / blocks + (b < M % blocks ? 1 : 0); }
 
-// Block b of rows [first, first + rows) reads A at A_block + r * row_step + k * k_step.
+// One block of `rows` rows (at most MaxRows) of C and A over the packed panel.
 template <class V, int NV, int MaxRows>
-inline void matmul_rows(const typename V::Scalar* A_block, int64_t row_step, int64_t k_step,
-                        const typename V::Scalar* panel, bool accumulate, typename V::Scalar* C, int64_t ldc,
-                        int64_t rows, int64_t K) {
+inline void matmul_rows(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel, bool accumulate,
+                        typename V::Scalar* C, int64_t ldc, int64_t rows, int64_t K) {
   static_assert(MaxRows <= 6, "at most 6 rows a block");
   switch (rows) {
-    case 6: matmul_block<V, (MaxRows >= 6 ? 6 : 1), NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
-    case 5: matmul_block<V, (MaxRows >= 5 ? 5 : 1), NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
-    case 4: matmul_block<V, 4, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
-    case 3: matmul_block<V, 3, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
-    case 2: matmul_block<V, 2, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
-    default: matmul_block<V, 1, NV>(A_block, row_step, k_step, panel, accumulate, C, ldc, K); break;
+    case 6: matmul_block<V, (MaxRows >= 6 ? 6 : 1), NV>(A, lda, panel, accumulate, C, ldc, K); break;
+    case 5: matmul_block<V, (MaxRows >= 5 ? 5 : 1), NV>(A, lda, panel, accumulate, C, ldc, K); break;
+    case 4: matmul_block<V, 4, NV>(A, lda, panel, accumulate, C, ldc, K); break;
+    case 3: matmul_block<V, 3, NV>(A, lda, panel, accumulate, C, ldc, K); break;
+    case 2: matmul_block<V, 2, NV>(A, lda, panel, accumulate, C, ldc, K); break;
+    default: matmul_block<V, 1, NV>(A, lda, panel, accumulate, C, ldc, K); break;
   }
 }
 
@@ -579,7 +576,7 @@ inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typen
   const int64_t blocks = row_blocks(M, 6);
   for (int64_t b = 0, i = 0; b < blocks; ++b) {
     const int64_t rows = block_rows(M, blocks, b);
-    matmul_rows<V, NV, 6>(A + i * lda, lda, 1, panel, accumulate, C + i * ldc, ldc, rows, K);
+    matmul_rows<V, NV, 6>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, rows, K);
     i += rows;
   }
 }
@@ -600,7 +597,7 @@ void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* 
       pack_panel<V, 3>(B + p * col_step, ldb, b_transposed, K, panel);
       for (int64_t b = 0, i = 0; b < blocks; ++b) {
         const int64_t rows = block_rows(M, blocks, b);
-        matmul_rows<V, 3, 4>(A + i * lda, lda, 1, panel, accumulate, C + i * ldc + p, ldc, rows, K);
+        matmul_rows<V, 3, 4>(A + i * lda, lda, panel, accumulate, C + i * ldc + p, ldc, rows, K);
         i += rows;
       }
     }
