@@ -99,6 +99,12 @@ class CellOutput:
     def key(self):
         return (tuple(v.uid for v in self.values), self.blocks)
 
+    def nonzero_blocks(self) -> Optional[Tuple[int, ...]]:
+        """The node blocks of the non-zero output nodes (None for the stem: all its channels)."""
+        if self.blocks is None:
+            return None
+        return tuple(blk for v, blk in zip(self.values, self.blocks) if v.tensor is not None)
+
     def tensors(self) -> List[torch.Tensor]:
         """The non-zero output nodes' tensors, in concat order."""
         return [v.tensor for v in self.values if v.tensor is not None]
@@ -248,13 +254,10 @@ class Supernet(nn.Module):
         requests = []
         results: List[Optional[Value]] = [None] * len(outs)
         for lane, out in enumerate(outs):
-            parts = [(v, blk) for v, blk in zip(out.values, out.blocks or (None,)) if v.tensor is not None]
-            if not parts or not needed[lane]:
+            if not out.tensors() or not needed[lane]:
                 results[lane] = ctx.zero(out.values[0].n)
                 continue
-            blocks = None if out.blocks is None else tuple(blk for _, blk in parts)
-            key = (tag, index, out.key)
-            requests.append((lane, key, out, blocks))
+            requests.append((lane, (tag, index, out.key), out, out.nonzero_blocks()))
         reads_nodes = None  # decided once: every lane's tensors share device and dtype
         # One batched call per distinct channel subset.
         for blocks, reqs in itertools.groupby(sorted(requests, key=lambda r: str(r[3])), key=lambda r: r[3]):
@@ -288,7 +291,7 @@ class Supernet(nn.Module):
         results: List[Optional[Value]] = [None] * len(outs)
         by_key: Dict[tuple, list] = {}
         for lane, out in enumerate(outs):
-            if not any(v.tensor is not None for v in out.values) or not needed[lane]:
+            if not out.tensors() or not needed[lane]:
                 results[lane] = ctx.zero(out.values[0].n)
                 continue
             by_key.setdefault(out.key, []).append(lane)
@@ -297,9 +300,7 @@ class Supernet(nn.Module):
             own_key, next_key = (tag, index, key), ("pre0", index + 1, key)
             value = ctx.memoised(own_key)
             if value is None:
-                blocks = None if out.blocks is None else tuple(
-                    blk for v, blk in zip(out.values, out.blocks) if v.tensor is not None)
-                parts = out.tensors()
+                parts, blocks = out.tensors(), out.nonzero_blocks()
                 cidx = None if blocks is None else _channel_index(blocks, parts[0])
                 weights = [m.weight if cidx is None else m.weight.index_select(1, cidx) for m in (module, following)]
                 together = any(following_needed[lane] for lane in range(len(outs)) if outs[lane].key == key)

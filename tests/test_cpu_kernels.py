@@ -497,7 +497,7 @@ def test_cat_conv1x1_bn_each_bad_input_is_a_clear_error():
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 4, 4)
     with pytest.raises(ValueError, match="at least one weight"):
         cat_conv1x1_bn_each([a, b], [])
-    with pytest.raises(ValueError, match=r"\(C_out, 5, 1, 1\) weights"):
+    with pytest.raises(ValueError, match=r"\(C_out, 5, 1, 1\) weight for parts of 5"):
         cat_conv1x1_bn_each([a, b], [torch.randn(5, 5, 1, 1), torch.randn(5, 4, 1, 1)])
     with pytest.raises(ValueError, match="share batch, height and width"):
         cat_conv1x1_bn_each([a, torch.randn(2, 2, 4, 5)], [torch.randn(5, 5, 1, 1)])

@@ -82,6 +82,13 @@ const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<PartView
   return scratch;
 }
 
+void check_weight(const at::Tensor& weight, int64_t channels, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == channels, op,
+              ": weight must be (C_out, ", channels, ", 1, 1), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == dtype, op, ": weight dtype ", weight.scalar_type(), " differs from the input's ",
+              dtype);
+}
+
 // The parts, after checking that they concatenate (along channels) to an input that `weight`
 // fits; offsets[k] is part k's first channel. Made contiguous unless keep_views (the forward's
 // sample_input reads any view).
@@ -100,10 +107,7 @@ std::vector<at::Tensor> check_parts(at::TensorList parts_in, const at::Tensor& w
     parts.push_back(keep_views ? part : part.contiguous());
     offsets.push_back(offsets.back() + part.size(1));
   }
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == offsets.back(),
-              op, ": weight must be (C_out, ", offsets.back(), ", 1, 1), got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == parts[0].scalar_type(), op, ": weight dtype ", weight.scalar_type(),
-              " differs from the input's ", parts[0].scalar_type());
+  check_weight(weight, offsets.back(), parts[0].scalar_type(), op);
   return parts;
 }
 
@@ -122,7 +126,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const 
   const int64_t G = int64_t(starts.size()) - 1;
   std::vector<at::Tensor> weights, ys, rstds;
   for (const at::Tensor& w : weights_in) {
-    check_parts(parts_in, w, op, offsets, /*keep_views=*/true);  // (each weight fits the input)
+    check_weight(w, Ci, x0.scalar_type(), op);
     weights.push_back(w.contiguous());
     ys.push_back(at::empty({N, w.size(0), x0.size(2), x0.size(3)}, x0.options()));
     rstds.push_back(at::empty({G, w.size(0)}, x0.options().dtype(at::kDouble)));

@@ -64,6 +64,23 @@ def conv1x1_bn(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[
     return dispatch.call("conv1x1_bn", x, weight, tuple(groups) if groups is not None else None, eps, relu_input)
 
 
+def _check_cat_inputs(op: str, parts: List[torch.Tensor], weights: List[torch.Tensor],
+                      groups: Optional[Sequence[int]]) -> None:
+    """Clear errors for parts that do not concatenate, weights that do not fit them, bad groups."""
+    if not parts or any(p.dim() != 4 for p in parts):
+        raise ValueError(f"{op} needs one or more (N, C, H, W) parts, got shapes {[tuple(p.shape) for p in parts]}")
+    first = parts[0]
+    if any(p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:] for p in parts):
+        raise ValueError(f"{op} parts must share batch, height and width, got {[tuple(p.shape) for p in parts]}")
+    channels = sum(p.shape[1] for p in parts)
+    for w in weights:
+        if w.dim() != 4 or tuple(w.shape[1:]) != (channels, 1, 1):
+            raise ValueError(f"{op} needs a (C_out, {channels}, 1, 1) weight for parts of {channels} channels in "
+                             f"all, got {tuple(w.shape)}")
+    if groups is not None and sum(groups) != first.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
+
+
 def cat_conv1x1_bn_reference(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]],
                              eps: float = EPS, relu_input: bool = False) -> torch.Tensor:
     x = parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=1)
@@ -77,17 +94,7 @@ def cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: 
                    eps: float = EPS, relu_input: bool = False) -> torch.Tensor:
     """conv1x1_bn(torch.cat(parts, dim=1), weight, groups, eps, relu_input)."""
     parts = list(parts)
-    if not parts or any(p.dim() != 4 for p in parts):
-        raise ValueError(f"cat_conv1x1_bn needs one or more (N, C, H, W) parts, got shapes {[tuple(p.shape) for p in parts]}")
-    first = parts[0]
-    if any(p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:] for p in parts):
-        raise ValueError(f"cat_conv1x1_bn parts must share batch, height and width, got {[tuple(p.shape) for p in parts]}")
-    channels = sum(p.shape[1] for p in parts)
-    if weight.dim() != 4 or tuple(weight.shape[1:]) != (channels, 1, 1):
-        raise ValueError(f"cat_conv1x1_bn needs a (C_out, {channels}, 1, 1) weight for parts of {channels} channels in "
-                         f"all, got {tuple(weight.shape)}")
-    if groups is not None and sum(groups) != first.shape[0]:
-        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
+    _check_cat_inputs("cat_conv1x1_bn", parts, [weight], groups)
     return dispatch.call("cat_conv1x1_bn", parts, weight, tuple(groups) if groups is not None else None, eps, relu_input)
 
 
@@ -108,24 +115,10 @@ def cat_conv1x1_bn_each(parts: Sequence[torch.Tensor], weights: Sequence[torch.T
                         relu_input: bool = False) -> List[torch.Tensor]:
     """[cat_conv1x1_bn(parts, w, groups, eps, relu_input) for w in weights]: the two cells that
     preprocess one cell output, which a fused kernel serves reading the input once."""
-    weights = list(weights)
+    weights, parts = list(weights), list(parts)
     if not weights:
         raise ValueError("cat_conv1x1_bn_each needs at least one weight")
-    parts = list(parts)
-    if not parts or any(p.dim() != 4 for p in parts):
-        raise ValueError(f"cat_conv1x1_bn_each needs one or more (N, C, H, W) parts, got shapes "
-                         f"{[tuple(p.shape) for p in parts]}")
-    first = parts[0]
-    if any(p.shape[0] != first.shape[0] or p.shape[2:] != first.shape[2:] for p in parts):
-        raise ValueError(f"cat_conv1x1_bn_each parts must share batch, height and width, got "
-                         f"{[tuple(p.shape) for p in parts]}")
-    channels = sum(p.shape[1] for p in parts)
-    for w in weights:
-        if w.dim() != 4 or tuple(w.shape[1:]) != (channels, 1, 1):
-            raise ValueError(f"cat_conv1x1_bn_each needs (C_out, {channels}, 1, 1) weights for parts of {channels} "
-                             f"channels in all, got {tuple(w.shape)}")
-    if groups is not None and sum(groups) != first.shape[0]:
-        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {first.shape[0]}")
+    _check_cat_inputs("cat_conv1x1_bn_each", parts, weights, groups)
     return dispatch.call("cat_conv1x1_bn_each", parts, weights, tuple(groups) if groups is not None else None, eps,
                          relu_input)
 

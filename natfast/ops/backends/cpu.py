@@ -1,8 +1,8 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
 `pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `cat_conv1x1_bn_each`,
-`dil_conv_bn` and `sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as batched GEMMs (no
-compiled code: registered even without the extension).
+`dil_conv_bn` and `sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as
+batched GEMMs (no compiled code: registered even without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -23,8 +23,8 @@ from ... import _ext
 
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
-             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_forward_each", "cpu_conv1x1_bn_backward",
-             "cpu_dwconv_pointwise_bn_forward")
+             "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_forward_each",
+             "cpu_conv1x1_bn_backward", "cpu_dwconv_pointwise_bn_forward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
 
