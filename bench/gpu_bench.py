@@ -38,6 +38,13 @@ from natfast.ops.node_sum import bn_node_sum  # noqa: E402
 
 DEV = "cuda"
 BACKENDS = ("reference", "triton", "cuda")
+_STARTED = time.perf_counter()
+
+
+def progress(what: str) -> None:
+    """One line on stderr as each part starts: the CPU smoke run takes many minutes, and a run cut
+    off by its time limit shows where it was."""
+    print(f"gpu_bench [{time.perf_counter() - _STARTED:6.0f} s] {what}", file=sys.stderr, flush=True)
 
 
 def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
@@ -170,6 +177,7 @@ def bench_kernels(batches, bandwidth_gbps: float) -> list:
     rows = []
     for batch in batches:
         for name, op, make, run, nbytes in kernel_cases(batch):
+            progress(f"kernel {name}, batch {batch}")
             row = {"kernel": name, "batch": batch}
             for backend in BACKENDS:
                 if backend not in dispatch.registered(op):
@@ -356,12 +364,14 @@ def main() -> None:
     jobs = (("gcn", lambda: bench_gcn(8, 2) if args.smoke else bench_gcn()),
             ("update_w", lambda: bench_update_w(4, 2, 4, 5) if args.smoke else bench_update_w()))
     for key, fn in jobs:
+        progress(key)
         try:
             results[key] = fn()
         except Exception as exc:
             traceback.print_exc()
             results[key] = {"error": f"{type(exc).__name__}: {exc}"}
     out.write_text(json.dumps(results, indent=2))
+    progress("done")
     print(f"full results: {out}")
     print(table(results))
 
