@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,6 +76,20 @@ class SuperCell(nn.Module):
                 self.edges[edge_key(f, t)] = nn.ModuleDict(
                     {op: make_op(op, c, stride, affine=False, pool_bn=True, track=False)
                      for op in primitives if op != "null"})
+
+
+class _CellPlan(NamedTuple):
+    """Each lane's genes for one kind of cell (normal or reduction: every cell of a kind has the
+    same), its output nodes and the nodes that reach them."""
+    genes: List[Tuple[Sequence, Sequence[int]]]
+    outputs: List[Sequence[int]]
+    lives: List[set]
+
+    @staticmethod
+    def of(archs: Sequence[Genotype], reduction: bool, family: Family) -> "_CellPlan":
+        genes = [(g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat) for g in archs]
+        outputs = [output_nodes(edges, concat, family) for edges, concat in genes]
+        return _CellPlan(genes, outputs, [live_nodes(edges, outs) for (edges, _), outs in zip(genes, outputs)])
 
 
 @dataclass(eq=False)
@@ -218,15 +232,12 @@ class Supernet(nn.Module):
     def _run_cells(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> List[torch.Tensor]:
         """Logits of each architecture from its stem output, all through each cell together."""
         states = [(stem, stem) for stem in stems]
-
-        def genes_of(cell):
-            return [(g.reduce if cell.reduction else g.normal, g.reduce_concat if cell.reduction else g.normal_concat)
-                    for g in archs]
-
+        plans = {reduction: _CellPlan.of(archs, reduction, self.family) for reduction in (False, True)}
         for index, cell in enumerate(self.cells):
             following = self.cells[index + 1] if index + 1 < len(self.cells) else None
-            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states], genes_of(cell),
-                                  following, genes_of(following) if following is not None else None)
+            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states],
+                                  plans[cell.reduction], following,
+                                  plans[following.reduction] if following is not None else None)
             states = [(s[1], o) for s, o in zip(states, outs)]
             # Later keys name the values the lanes hold, not the memo: forget this cell's
             # intermediates so that (under inference) their memory is freed as the pass goes on.
@@ -289,6 +300,7 @@ class Supernet(nn.Module):
         """_preprocess, and for the cell outputs that both this cell and the next read, the next
         cell's input-0 preprocessing in the same pass (ctx.ahead keeps it for that cell)."""
         results: List[Optional[Value]] = [None] * len(outs)
+        wanted_next = {out.key for out, wanted in zip(outs, following_needed) if wanted}
         by_key: Dict[tuple, list] = {}
         for lane, out in enumerate(outs):
             if not out.tensors() or not needed[lane]:
@@ -303,8 +315,7 @@ class Supernet(nn.Module):
                 parts, blocks = out.tensors(), out.nonzero_blocks()
                 cidx = None if blocks is None else _channel_index(blocks, parts[0])
                 weights = [m.weight if cidx is None else m.weight.index_select(1, cidx) for m in (module, following)]
-                together = any(following_needed[lane] for lane in range(len(outs)) if outs[lane].key == key)
-                if together and ctx.memoised(next_key, ahead=True) is None:
+                if key in wanted_next and ctx.memoised(next_key, ahead=True) is None:
                     mine, theirs = fused.cat_conv1x1_bn_each(parts, weights, None, relu_input=True)
                     ctx.keep_ahead(next_key, theirs)
                 else:
@@ -324,17 +335,15 @@ class Supernet(nn.Module):
         weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a  # (its dtype)
         return fused.has_fused_cat_conv1x1_bn([like], weight, None)
 
-    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, genes, following=None,
-                  following_genes=None) -> List[CellOutput]:
+    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, plan: "_CellPlan", following=None,
+                  following_plan: Optional["_CellPlan"] = None) -> List[CellOutput]:
         """`following`: the next cell (None for the last), which preprocesses outs_p as its input 0."""
         b = self.family.num_nodes
-        outputs = [output_nodes(edges, concat, self.family) for edges, concat in genes]
-        lives = [live_nodes(edges, outs) for (edges, _), outs in zip(genes, outputs)]
+        genes, outputs, lives = plan
         s0 = self._preprocess(ctx, cell.pre0, "pre0", index, outs_pp, [0 in live for live in lives])
         ahead = None
         if following is not None and isinstance(following.pre0, ReLUConvBN):
-            ahead = (following.pre0, [0 in live_nodes(edges, output_nodes(edges, concat, self.family))
-                                      for edges, concat in following_genes])
+            ahead = (following.pre0, [0 in live for live in following_plan.lives])
         s1 = self._preprocess(ctx, cell.pre1, "pre1", index, outs_p, [1 in live for live in lives], ahead)
         nodes = [{0: a, 1: c} for a, c in zip(s0, s1)]
         for t in range(2, b + 2):
