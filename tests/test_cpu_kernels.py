@@ -429,10 +429,11 @@ def test_cat_conv1x1_bn_reads_parts_in_place_equals_reference(dtype, relu_input,
 @pytest.mark.parametrize("relu_input", [False, True])
 def test_cat_conv1x1_bn_reads_pixel_subsamples_in_place(dtype, relu_input):
     """FactorizedReduce's inputs: stride-2 pixel subsamples of the nodes (even and odd phase, one
-    part a channels-last tensor, one wider than a vector's row), read in place by the forward;
-    forward and gradients equal the reference."""
+    part a channels-last tensor, one wider than a vector's row, rows of whole vectors up to the
+    tensor's last value), read in place by the forward; forward and gradients equal the reference."""
     gen = torch.Generator().manual_seed(16)
-    for n, widths, c_out, h, w, phase in [(5, (4, 3), 6, 16, 16, 0), (4, (2, 5, 3), 4, 9, 34, 1), (4, (6,), 5, 2, 2, 1)]:
+    for n, widths, c_out, h, w, phase in [(5, (4, 3), 6, 16, 16, 0), (4, (2, 5, 3), 4, 9, 34, 1), (4, (6,), 5, 2, 2, 1),
+                                          (3, (3, 2), 4, 6, 32, 1), (3, (3,), 4, 4, 32, 0)]:
         nodes = [_random((n, c, h, w), dtype, gen) + 0.2 for c in widths]
         nodes[0] = _layout(nodes[0], "channels_last")
         parts = [x[:, :, phase::2, phase::2] for x in nodes]

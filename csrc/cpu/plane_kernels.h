@@ -62,11 +62,21 @@ struct PlaneKernels {
   void (*relu)(const T* x, T* out, int64_t n);
   // g = g where x > 0, else 0, in place: a gradient through a ReLU of x.
   void (*relu_mask)(const T* x, T* g, int64_t n);
+  // out[i] = x[2 i], or relu of it (NaN gives 0), for i < n; reads x[0 .. 2 n - 1], one past the
+  // last value it uses.
+  void (*pick_even)(const T* x, T* out, int64_t n, bool relu);
   // The GEMM of a 1x1 convolution on one sample (row-major, row strides lda, ldb, ldc):
   // C (M x P) = A (M x K) . B (C += that with accumulate), B being K x P, or P x K given
   // transposed (b_transposed). panel: scratch of matmul_panel_size(K) elements.
   void (*matmul)(const T* A, int64_t lda, const T* B, int64_t ldb, bool b_transposed, bool accumulate, T* C,
                  int64_t ldc, int64_t M, int64_t K, int64_t P, T* panel);
+  // B packed ahead: the K x P matrix B as the panels matmul packs, one after another: for the
+  // columns in blocks of 3 vectors, then one of 2 and one of 1 where they fit, then the last
+  // (fewer than a vector's) columns, each block's K rows contiguous ([K][its width]).
+  // pack_row writes row k of B (P values, through the ReLU when relu is on) into that layout
+  // (K * P elements); matmul_packed is matmul (no accumulate) of a B so given.
+  void (*pack_row)(const T* src, int64_t k, int64_t K, int64_t P, bool relu, T* packed);
+  void (*matmul_packed)(const T* A, int64_t lda, const T* packed, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P);
   // Values per vector: 1 for the portable (scalar) kernels.
   int64_t vector_width;
 };

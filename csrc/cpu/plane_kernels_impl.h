@@ -3,6 +3,7 @@
 // instruction set: kernels_avx2.cpp (V = VecAvx2f) and kernels_portable.cpp (V = VecScalar<T>).
 // Internal linkage throughout (see simd.h). Buffer layout and invariants: plane_kernels.h.
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/plane_kernels.h"
 #include "cpu/simd.h"
@@ -452,16 +453,30 @@ void avg_pool_backward(const typename V::Scalar* gy, typename V::Scalar* gx, con
   correlate<V>(G, g, 1, window_taps(g, 1), ones, g.H, g.W, nullptr, nullptr, gx);
 }
 
+// Four accumulators of each sum: one add (or FMA) chain would wait out the instruction's latency
+// at every vector (3-5 cycles on the supernet's test CPUs), four keep the loads busy instead.
 template <class V>
 void sums(const typename V::Scalar* u, const typename V::Scalar* v, int64_t n, double* s1, double* s2) {
-  V a = V::zero(), b = V::zero();
+  constexpr int kChains = 4;
+  V a[kChains], b[kChains];
+  for (int j = 0; j < kChains; ++j) a[j] = b[j] = V::zero();
   int64_t i = 0;
+  for (; i + kChains * V::width <= n; i += kChains * V::width)
+    for (int j = 0; j < kChains; ++j) {
+      const V x = V::load(u + i + j * V::width);
+      a[j] = V::add(a[j], x);
+      b[j] = V::fmadd(x, v == nullptr ? x : V::load(v + i + j * V::width), b[j]);
+    }
   for (; i + V::width <= n; i += V::width) {
     const V x = V::load(u + i);
-    a = V::add(a, x);
-    b = V::fmadd(x, v == nullptr ? x : V::load(v + i), b);
+    a[0] = V::add(a[0], x);
+    b[0] = V::fmadd(x, v == nullptr ? x : V::load(v + i), b[0]);
   }
-  double sa = V::hsum(a), sb = V::hsum(b);
+  for (int j = 1; j < kChains; ++j) {
+    a[0] = V::add(a[0], a[j]);
+    b[0] = V::add(b[0], b[j]);
+  }
+  double sa = V::hsum(a[0]), sb = V::hsum(b[0]);
   for (; i < n; ++i) {
     sa += u[i];
     sb += double(u[i]) * (v == nullptr ? u[i] : v[i]);
@@ -495,6 +510,22 @@ void relu(const typename V::Scalar* x, typename V::Scalar* out, int64_t n) {
     V::masked(V::gt(v, zero), v).store(out + i);
   }
   for (; i < n; ++i) out[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+// out[i] = x[2 i] (through the ReLU when relu is on) for i < n, reading x[0 .. 2 n - 1]: a row of
+// a stride-2 view (FactorizedReduce's pixel subsamples) gathered with whole vectors, two loads and
+// a deinterleave per vector of output instead of one scalar load per value.
+template <class V>
+void pick_even(const typename V::Scalar* x, typename V::Scalar* out, int64_t n, bool relu) {
+  using T = typename V::Scalar;
+  const V zero = V::zero();
+  int64_t i = 0;
+  for (; i + V::width <= n; i += V::width) {
+    V even, odd;
+    V::deinterleave(V::load(x + 2 * i), V::load(x + 2 * i + V::width), &even, &odd);
+    (relu ? V::masked(V::gt(even, zero), even) : even).store(out + i);
+  }
+  for (; i < n; ++i) out[i] = !relu || x[2 * i] > T(0) ? x[2 * i] : T(0);
 }
 
 template <class V>
@@ -614,12 +645,75 @@ void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* 
     }
 }
 
+// The same GEMM with B given already packed (plane_kernels.h: "B packed ahead"): a caller that
+// copies B anyway (the 1x1 convolutions' gather and ReLU) writes the panels itself, and they are
+// packed once for every weight. The blocks are matmul's, so the sums are the same.
+template <class V>
+void pack_row(const typename V::Scalar* src, int64_t k, int64_t K, int64_t P, bool relu, typename V::Scalar* packed) {
+  using T = typename V::Scalar;
+  constexpr int64_t w = V::width;
+  const V zero = V::zero();
+  int64_t p = 0;
+  T* segment = packed;
+  auto put = [&](const T* from, T* to, int64_t vectors) {
+    for (int64_t j = 0; j < vectors; ++j) {
+      const V v = V::load(from + j * w);
+      (relu ? V::masked(V::gt(v, zero), v) : v).store(to + j * w);
+    }
+  };
+  for (; p + 3 * w <= P; p += 3 * w, segment += K * 3 * w) put(src + p, segment + k * 3 * w, 3);
+  for (int64_t vectors = 2; vectors >= 1; --vectors)
+    if (p + vectors * w <= P) {
+      put(src + p, segment + k * vectors * w, vectors);
+      p += vectors * w;
+      segment += K * vectors * w;
+    }
+  const int64_t rest = P - p;
+  for (int64_t c = 0; c < rest; ++c) segment[k * rest + c] = !relu || src[p + c] > T(0) ? src[p + c] : T(0);
+}
+
+template <class V>
+void matmul_packed(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* packed, typename V::Scalar* C,
+                   int64_t ldc, int64_t M, int64_t K, int64_t P) {
+  using T = typename V::Scalar;
+  constexpr int64_t w = V::width;
+  int64_t p = 0;
+  const T* segment = packed;
+  const int64_t blocks = row_blocks(M, 4);
+  for (; p + 3 * w <= P; p += 3 * w, segment += K * 3 * w)
+    for (int64_t b = 0, i = 0; b < blocks; ++b) {
+      const int64_t rows = block_rows(M, blocks, b);
+      matmul_rows<V, 3, 4>(A + i * lda, lda, segment, false, C + i * ldc + p, ldc, rows, K);
+      i += rows;
+    }
+  const int64_t narrow_blocks = row_blocks(M, 6);
+  auto narrow = [&](auto vectors) {
+    constexpr int NV = decltype(vectors)::value;
+    for (int64_t b = 0, i = 0; b < narrow_blocks; ++b) {
+      const int64_t rows = block_rows(M, narrow_blocks, b);
+      matmul_rows<V, NV, 6>(A + i * lda, lda, segment, false, C + i * ldc + p, ldc, rows, K);
+      i += rows;
+    }
+    p += NV * w;
+    segment += K * NV * w;
+  };
+  if (p + 2 * w <= P) narrow(std::integral_constant<int, 2>());
+  if (p + w <= P) narrow(std::integral_constant<int, 1>());
+  const int64_t rest = P - p;
+  for (int64_t c = 0; c < rest; ++c)
+    for (int64_t i = 0; i < M; ++i) {
+      T s = T(0);
+      for (int64_t k = 0; k < K; ++k) s += A[i * lda + k] * segment[k * rest + c];
+      C[i * ldc + p + c] = s;
+    }
+}
+
 template <class V>
 PlaneKernels<typename V::Scalar> make_table() {
   return {&relu_dwconv_forward<V>, &relu_dwconv_backward<V>, &max_pool_forward<V>, &max_pool_backward<V>,
           &avg_pool_forward<V>,    &avg_pool_backward<V>,    &sums<V>,             &affine<V>,
-          &relu<V>,                &relu_mask<V>,            &matmul<V>,
-          V::width};
+          &relu<V>,                &relu_mask<V>,            &pick_even<V>,        &matmul<V>,
+          &pack_row<V>,            &matmul_packed<V>,        V::width};
 }
 
 }  // namespace

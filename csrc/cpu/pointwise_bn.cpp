@@ -39,45 +39,71 @@ template <typename T>
 struct PartView {
   const T* data;
   int64_t sample_stride, channel_stride, row_stride, col_stride, channels, rows, cols;
-  bool dense;  // (C, H, W) contiguous within each sample
+  bool dense;     // (C, H, W) contiguous within each sample
+  const T* last;  // the view's last value (reads past it may leave the tensor)
 };
 
 template <typename T>
 PartView<T> part_view(const at::Tensor& part) {
   const bool dense = part.stride(3) == 1 && part.stride(2) == part.size(3) &&
                      part.stride(1) == part.size(2) * part.size(3);
+  int64_t last = 0;
+  for (int64_t d = 0; d < 4; ++d) last += (part.size(d) - 1) * part.stride(d);
   return {part.data_ptr<T>(), part.stride(0), part.stride(1), part.stride(2), part.stride(3),
-          part.size(1),        part.size(2),  part.size(3),   dense};
+          part.size(1),        part.size(2),  part.size(3),   dense, part.data_ptr<T>() + last};
 }
 
-// Sample n of the input that the parts concatenate, through the ReLU when relu is on: the parts'
-// planes gathered into scratch (a few hundred KB, so it stays in cache for the GEMM that reads it
-// next; one GEMM over all channels beats one per part), or part 0 itself when there is nothing to
-// do (then no copy).
+// Sample n of the input that the parts concatenate, through the ReLU when relu is on, gathered
+// into scratch (a few hundred KB, so it stays in cache for the GEMM that reads it next; one GEMM
+// over all channels beats one per part): as plain rows, or, with `packed`, already in the panels
+// natfast's GEMM would otherwise pack for every weight (plane_kernels.h). Unpacked and with
+// nothing to do, part 0 itself (no copy). `plane`: P elements of scratch for strided parts.
 template <typename T>
 const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<PartView<T>>& parts,
-                      const std::vector<int64_t>& offsets, int64_t n, int64_t P, bool relu, T* scratch) {
-  if (!relu && parts.size() == 1 && parts[0].dense) return parts[0].data + n * parts[0].sample_stride;
+                      const std::vector<int64_t>& offsets, int64_t n, int64_t P, bool relu, bool packed, T* scratch,
+                      T* plane) {
+  if (!packed && !relu && parts.size() == 1 && parts[0].dense) return parts[0].data + n * parts[0].sample_stride;
+  const int64_t K = offsets.back();
   for (size_t k = 0; k < parts.size(); ++k) {
     const PartView<T>& part = parts[k];
     const T* src = part.data + n * part.sample_stride;
-    T* dst = scratch + offsets[k] * P;
     if (part.dense) {
-      const int64_t count = part.channels * P;
-      if (relu)
-        kernels.relu(src, dst, count);
-      else
-        std::memcpy(dst, src, count * sizeof(T));
+      if (packed) {
+        for (int64_t c = 0; c < part.channels; ++c) kernels.pack_row(src + c * P, offsets[k] + c, K, P, relu, scratch);
+      } else if (relu) {
+        kernels.relu(src, scratch + offsets[k] * P, part.channels * P);
+      } else {
+        std::memcpy(scratch + offsets[k] * P, src, part.channels * P * sizeof(T));
+      }
       continue;
     }
-    // A strided view: its rows copied out, then the ReLU over the copy (a ReLU inside the copy
-    // loop ran at half the speed of the separate copy and vector ReLU, with rows of 8).
-    const int64_t rows = part.channels * part.rows, cols = part.cols, cs = part.col_stride;
-    for (int64_t r = 0; r < rows; ++r, dst += cols) {
-      const T* row = src + (r / part.rows) * part.channel_stride + (r % part.rows) * part.row_stride;
-      for (int64_t w = 0; w < cols; ++w) dst[w] = row[w * cs];
+    // A strided view: each channel's rows copied out (into its place, or into `plane` to be packed
+    // from there). Every other column (FactorizedReduce's stride-2 subsamples) goes a vector at a
+    // time through the ReLU; other strides are copied one value at a time and the ReLU runs over
+    // the copy (a ReLU inside that scalar loop ran at half the speed, with rows of 8).
+    const int64_t cols = part.cols, cs = part.col_stride;
+    for (int64_t c = 0; c < part.channels; ++c) {
+      T* dst = packed ? plane : scratch + (offsets[k] + c) * P;
+      for (int64_t h = 0; h < part.rows; ++h) {
+        const T* row = src + c * part.channel_stride + h * part.row_stride;
+        T* out = dst + h * cols;
+        if (cs == 2 && cols > 0) {
+          // pick_even reads one value past the row's last: so the view's very last row keeps
+          // its last value for the scalar step.
+          const int64_t whole = row + 2 * cols - 1 <= part.last ? cols : cols - 1;
+          kernels.pick_even(row, out, whole, relu);
+          if (whole < cols) out[whole] = !relu || row[2 * whole] > T(0) ? row[2 * whole] : T(0);
+        } else {
+          for (int64_t x = 0; x < cols; ++x) out[x] = row[x * cs];
+        }
+      }
+      const bool relu_left = relu && cs != 2;
+      if (packed) {
+        kernels.pack_row(plane, offsets[k] + c, K, P, relu_left, scratch);
+      } else if (relu_left) {
+        kernels.relu(dst, dst, P);
+      }
     }
-    if (relu) kernels.relu(scratch + offsets[k] * P, scratch + offsets[k] * P, part.channels * P);
   }
   return scratch;
 }
@@ -136,20 +162,26 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const 
     const auto& kernels = plane_kernels<scalar_t>();
     std::vector<PartView<scalar_t>> xp;
     for (const at::Tensor& part : parts) xp.push_back(part_view<scalar_t>(part));
-    const bool gathers = relu_input || xp.size() > 1 || !xp[0].dense;
+    // natfast's GEMM takes the input packed as it is gathered; a BLAS, as plain rows.
+    const bool packed = blas_for(kernels, false) == nullptr;
+    const bool gathers = packed || relu_input || xp.size() > 1 || !xp[0].dense;
     std::vector<std::vector<double>> s1(W), s2(W);
     for (size_t i = 0; i < W; ++i) {
       s1[i].resize(N * weights[i].size(0));
       s2[i].resize(N * weights[i].size(0));
     }
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> panel(matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0);
+      std::vector<scalar_t> panel(packed ? 0 : matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0), plane(P);
       for (int64_t n = begin; n < end; ++n) {
-        const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
+        const scalar_t* xn =
+            sample_input(kernels, xp, offsets, n, P, relu_input, packed, scratch.data(), plane.data());
         for (size_t i = 0; i < W; ++i) {
           const int64_t Co = weights[i].size(0);
           scalar_t* yn = ys[i].data_ptr<scalar_t>() + n * Co * P;
-          gemm(kernels, weights[i].data_ptr<scalar_t>(), Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
+          if (packed)
+            kernels.matmul_packed(weights[i].data_ptr<scalar_t>(), Ci, xn, yn, P, Co, Ci, P);
+          else
+            gemm(kernels, weights[i].data_ptr<scalar_t>(), Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
           for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[i][n * Co + c], &s2[i][n * Co + c]);
         }
       }
@@ -248,7 +280,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Te
             if (relu_input) kernels.relu_mask(xp[k].data + n * ck * P, gxnk, ck * P);  // none where x <= 0
           }
           // (Co x Ci) += t_n (Co x P) . f(x_n)^T: f(x_n) is B given transposed.
-          const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, scratch.data());
+          const scalar_t* xn = sample_input(kernels, xp, offsets, n, P, relu_input, false, scratch.data(),
+                                             static_cast<scalar_t*>(nullptr));
           gemm(kernels, t.data(), P, xn, P, true, n > q * chunk, wq, Ci, Co, P, Ci, panel.data());
         }
       }
