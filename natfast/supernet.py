@@ -19,10 +19,11 @@ number of architectures in one pass:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -218,9 +219,11 @@ class Supernet(nn.Module):
         if workers > 1:
             count = min(len(distinct), -(-count // workers) * workers)
         chunks = _split_evenly(distinct, count)
+        if len(chunks) > 1:
+            self._preprocess_stems(ctx, [stems[i] for _, (i, _) in distinct], [g for _, (_, g) in distinct])
 
         def run_chunk(chunk) -> List[torch.Tensor]:
-            own = ctx if workers == 1 else ctx.fork()
+            own = ctx if len(chunks) == 1 else ctx.fork()
             return self._run_cells(own, [stems[i] for _, (i, _) in chunk], [g for _, (_, g) in chunk])
 
         logits = {}
@@ -232,17 +235,29 @@ class Supernet(nn.Module):
     def _run_cells(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> List[torch.Tensor]:
         """Logits of each architecture from its stem output, all through each cell together."""
         states = [(stem, stem) for stem in stems]
-        plans = {reduction: _CellPlan.of(archs, reduction, self.family) for reduction in (False, True)}
+        plans = self._plans(archs)
         for index, cell in enumerate(self.cells):
-            following = self.cells[index + 1] if index + 1 < len(self.cells) else None
-            outs = self._run_cell(ctx, cell, index, [s[0] for s in states], [s[1] for s in states],
-                                  plans[cell.reduction], following,
-                                  plans[following.reduction] if following is not None else None)
+            outs = self._run_cell(ctx, index, [s[0] for s in states], [s[1] for s in states], plans)
             states = [(s[1], o) for s, o in zip(states, outs)]
             # Later keys name the values the lanes hold, not the memo: forget this cell's
             # intermediates so that (under inference) their memory is freed as the pass goes on.
             ctx.forget()
         return [self._classify(ctx, s[1]) for s in states]
+
+    def _preprocess_stems(self, ctx, stems: Sequence["CellOutput"], archs: Sequence[Genotype]) -> None:
+        """Cells 0 and 1 preprocess the stem output, the same for every lane of an input: done once
+        here (cell 1's kept for it as the next cell's values) when the lanes go in several chunks,
+        whose contexts start from these values."""
+        plans = self._plans(archs)
+        self._preprocess_cell_inputs(ctx, 0, stems, stems, plans)
+        if len(self.cells) > 1:
+            second = self.cells[1]
+            with ctx.ahead():
+                self._preprocess(ctx, second.pre0, "pre0", 1, stems, [0 in live for live in plans[second.reduction].lives])
+
+    def _plans(self, archs: Sequence[Genotype]) -> Dict[bool, "_CellPlan"]:
+        """Each kind of cell's plan (by `reduction`) for these lanes."""
+        return {reduction: _CellPlan.of(archs, reduction, self.family) for reduction in (False, True)}
 
     def _check_archs(self, archs: Sequence[Genotype]) -> None:
         prims, b = set(self.primitives), self.family.num_nodes
@@ -335,16 +350,24 @@ class Supernet(nn.Module):
         weight = module.weight if isinstance(module, ReLUConvBN) else module.conv_a  # (its dtype)
         return fused.has_fused_cat_conv1x1_bn([like], weight, None)
 
-    def _run_cell(self, ctx, cell: SuperCell, index: int, outs_pp, outs_p, plan: "_CellPlan", following=None,
-                  following_plan: Optional["_CellPlan"] = None) -> List[CellOutput]:
-        """`following`: the next cell (None for the last), which preprocesses outs_p as its input 0."""
-        b = self.family.num_nodes
-        genes, outputs, lives = plan
+    def _preprocess_cell_inputs(self, ctx, index: int, outs_pp, outs_p,
+                                plans: Dict[bool, "_CellPlan"]) -> Tuple[List[Value], List[Value]]:
+        """Cell `index`'s preprocessed inputs 0 and 1 of each lane (and, where one pass serves both,
+        the next cell's input 0, which reads outs_p too: kept in ctx for that cell)."""
+        cell = self.cells[index]
+        lives = plans[cell.reduction].lives
+        following = self.cells[index + 1] if index + 1 < len(self.cells) else None
         s0 = self._preprocess(ctx, cell.pre0, "pre0", index, outs_pp, [0 in live for live in lives])
         ahead = None
         if following is not None and isinstance(following.pre0, ReLUConvBN):
-            ahead = (following.pre0, [0 in live for live in following_plan.lives])
+            ahead = (following.pre0, [0 in live for live in plans[following.reduction].lives])
         s1 = self._preprocess(ctx, cell.pre1, "pre1", index, outs_p, [1 in live for live in lives], ahead)
+        return s0, s1
+
+    def _run_cell(self, ctx, index: int, outs_pp, outs_p, plans: Dict[bool, "_CellPlan"]) -> List[CellOutput]:
+        cell, b = self.cells[index], self.family.num_nodes
+        genes, outputs, lives = plans[cell.reduction]
+        s0, s1 = self._preprocess_cell_inputs(ctx, index, outs_pp, outs_p, plans)
         nodes = [{0: a, 1: c} for a, c in zip(s0, s1)]
         for t in range(2, b + 2):
             # Gather, per (from, op), the distinct inputs of all lanes whose node t is live.
@@ -428,11 +451,22 @@ class _RunContext:
         self._pooled: Dict[int, torch.Tensor] = {}
 
     def fork(self) -> "_RunContext":
-        """A context for a chunk of lanes run on another thread: its own memo, the same uid
-        counter (uids stay unique across the run)."""
+        """A context for one chunk of lanes (possibly run on another thread): its own memo, starting
+        from this one's values (those computed for every chunk), and the same uid counter (uids stay
+        unique across the run)."""
         other = _RunContext(self._concat_mode)
         other._uids = self._uids
+        other._memo, other._ahead = dict(self._memo), dict(self._ahead)
         return other
+
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[None]:
+        """Inside, values are the next cell's: computed into (and found in) what forget() keeps."""
+        self._memo, self._ahead = self._ahead, self._memo
+        try:
+            yield
+        finally:
+            self._memo, self._ahead = self._ahead, self._memo
 
     def forget(self) -> None:
         """Done with a cell: its values go, but those computed ahead for the next cell stay."""

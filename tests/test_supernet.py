@@ -126,6 +126,8 @@ def test_lanes_run_a_few_at_a_time_and_duplicates_once(lanes_at_once):
     calls = _count_calls(sn, stem=True)
     batched = sn.run([x], [(0, a) for a in archs], lanes_at_once=lanes_at_once)
     assert calls[("stem",)] == 1                         # one stem for every chunk of lanes
+    # and one preprocessing of it by each cell that reads it (cells 0 and 1), not one per chunk
+    assert calls[(0, "pre0")] == calls[(0, "pre1")] == calls[(1, "pre0")] == 1
     assert batched[0] is batched[2]                      # the duplicate lane ran once
     for arch, y in zip(archs, batched):
         torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
@@ -209,3 +211,28 @@ def test_scoring_reads_a_cell_output_once_for_both_cells_that_preprocess_it(fami
     trained = sn(x, archs[0])
     assert passes == []
     torch.testing.assert_close(trained.detach(), expected[0], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.skipif(not _ext.has_op("cpu_conv1x1_bn_forward_each"), reason="needs natfast._C's CPU kernels")
+def test_scoring_in_chunks_preprocesses_the_stem_once(monkeypatch):
+    """Lanes scored a chunk at a time (side by side where there are lane workers): cells 0 and 1
+    preprocess the stem output once for all chunks, and the logits equal the reference path's."""
+    sn = _supernet("darts", layers=4)
+    gen = torch.Generator().manual_seed(23)
+    archs = _archs_for_sharing(sn.family, gen)
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
+    stem_channels = sn.stem.conv.out_channels
+    stem_reads = []
+    each = fused.cat_conv1x1_bn_each
+    monkeypatch.setattr(fused, "cat_conv1x1_bn_each",
+                        lambda *a, **k: stem_reads.append(a[0][0].shape[1] == stem_channels) or each(*a, **k))
+    calls = _count_calls(sn)
+    with torch.inference_mode():
+        scored = sn.run([x], [(0, a) for a in archs], lanes_at_once=1)
+        pre0_calls, stem_passes = calls.get((0, "pre0"), 0), sum(stem_reads)
+        with use_backend("reference"):
+            expected = [sn(x, a) for a in archs]
+    # Cell 0's input 0 on its own; its input 1 and cell 1's input 0 in one pass over the stem.
+    assert pre0_calls == 1 and stem_passes == 1
+    for y, e in zip(scored, expected):
+        torch.testing.assert_close(y, e, rtol=1e-7, atol=1e-9)
