@@ -14,8 +14,9 @@ number of architectures in one pass:
 * null edges, edges from known-zero nodes (BN affine=False maps zeros to zeros) and nodes that
   cannot reach the cell output are never executed;
 * on a CPU, lanes go through the cells a few at a time; when scoring (autograd records nothing),
-  these chunks, which share nothing past the stem, run side by side (natfast/lane_workers.py),
-  and each cell output is read once by both cells that preprocess it (`cat_conv1x1_bn_each`).
+  these chunks, which share nothing past the stem and its preprocessing (computed once for all),
+  run side by side (natfast/lane_workers.py), and each cell output is read once by both cells that
+  preprocess it (`cat_conv1x1_bn_each`).
 """
 from __future__ import annotations
 
@@ -211,10 +212,10 @@ class Supernet(nn.Module):
         if lanes_at_once is None:
             lanes_at_once = len(distinct) if ctx.concatenating(inputs[0]) else self.LANES_AT_ONCE
         count = -(-len(distinct) // max(1, lanes_at_once))
-        # Chunks share no value past the stem: on a CPU, when scoring, they run side by side, as
-        # many on each worker (so none idles at the end) and as even as can be. (Lanes that fit
-        # one chunk stay together: beta and alpha of the m = n = 1 policy step, split one to a
-        # worker, lost their shared cells and took 1.3x as long.)
+        # Chunks share no value past the stem's preprocessing: on a CPU, when scoring, they run
+        # side by side, as many on each worker (so none idles at the end) and as even as can be.
+        # (Lanes that fit one chunk stay together: beta and alpha of the m = n = 1 policy step,
+        # split one to a worker, lost their shared cells and took 1.3x as long.)
         workers = lane_workers.worker_count(count, inputs[0])
         if workers > 1:
             count = min(len(distinct), -(-count // workers) * workers)
@@ -253,7 +254,8 @@ class Supernet(nn.Module):
         if len(self.cells) > 1:
             second = self.cells[1]
             with ctx.ahead():
-                self._preprocess(ctx, second.pre0, "pre0", 1, stems, [0 in live for live in plans[second.reduction].lives])
+                needed = [0 in live for live in plans[second.reduction].lives]
+                self._preprocess(ctx, second.pre0, "pre0", 1, stems, needed)
 
     def _plans(self, archs: Sequence[Genotype]) -> Dict[bool, "_CellPlan"]:
         """Each kind of cell's plan (by `reduction`) for these lanes."""

@@ -3,7 +3,6 @@
 // instruction set: kernels_avx2.cpp (V = VecAvx2f) and kernels_portable.cpp (V = VecScalar<T>).
 // Internal linkage throughout (see simd.h). Buffer layout and invariants: plane_kernels.h.
 #include <cstring>
-#include <type_traits>
 
 #include "cpu/plane_kernels.h"
 #include "cpu/simd.h"
@@ -585,6 +584,18 @@ inline void matmul_rows(const typename V::Scalar* A, int64_t lda, const typename
   }
 }
 
+// Every row of C and A, in blocks of at most MaxRows rows, over one panel of NV vectors of columns.
+template <class V, int NV, int MaxRows>
+inline void matmul_panel(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* panel, bool accumulate,
+                         typename V::Scalar* C, int64_t ldc, int64_t M, int64_t K) {
+  const int64_t blocks = row_blocks(M, MaxRows);
+  for (int64_t b = 0, i = 0; b < blocks; ++b) {
+    const int64_t rows = block_rows(M, blocks, b);
+    matmul_rows<V, NV, MaxRows>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, rows, K);
+    i += rows;
+  }
+}
+
 template <class V, int NV>
 inline void pack_panel(const typename V::Scalar* B, int64_t ldb, bool b_transposed, int64_t K,
                        typename V::Scalar* panel) {
@@ -604,12 +615,7 @@ inline void matmul_columns(const typename V::Scalar* A, int64_t lda, const typen
                            bool b_transposed, bool accumulate, typename V::Scalar* C, int64_t ldc, int64_t M,
                            int64_t K, typename V::Scalar* panel) {
   pack_panel<V, NV>(B, ldb, b_transposed, K, panel);
-  const int64_t blocks = row_blocks(M, 6);
-  for (int64_t b = 0, i = 0; b < blocks; ++b) {
-    const int64_t rows = block_rows(M, blocks, b);
-    matmul_rows<V, NV, 6>(A + i * lda, lda, panel, accumulate, C + i * ldc, ldc, rows, K);
-    i += rows;
-  }
+  matmul_panel<V, NV, 6>(A, lda, panel, accumulate, C, ldc, M, K);
 }
 
 template <class V>
@@ -623,14 +629,9 @@ void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* 
   if (V::width > 1) {
     // 3 vectors of columns by up to 4 rows: 12 accumulators + 3 B vectors + 1 broadcast, all 16
     // AVX2 registers. Each broadcast feeds 3 FMAs instead of 2.
-    const int64_t blocks = row_blocks(M, 4);
     for (; p + 3 * V::width <= P; p += 3 * V::width) {
       pack_panel<V, 3>(B + p * col_step, ldb, b_transposed, K, panel);
-      for (int64_t b = 0, i = 0; b < blocks; ++b) {
-        const int64_t rows = block_rows(M, blocks, b);
-        matmul_rows<V, 3, 4>(A + i * lda, lda, panel, accumulate, C + i * ldc + p, ldc, rows, K);
-        i += rows;
-      }
+      matmul_panel<V, 3, 4>(A, lda, panel, accumulate, C + p, ldc, M, K);
     }
   }
   for (; p + 2 * V::width <= P; p += 2 * V::width)
@@ -647,7 +648,8 @@ void matmul(const typename V::Scalar* A, int64_t lda, const typename V::Scalar* 
 
 // The same GEMM with B given already packed (plane_kernels.h: "B packed ahead"): a caller that
 // copies B anyway (the 1x1 convolutions' gather and ReLU) writes the panels itself, and they are
-// packed once for every weight. The blocks are matmul's, so the sums are the same.
+// packed once for every weight. Same register blocks (and each output summed over k in order), so
+// the same results as matmul.
 template <class V>
 void pack_row(const typename V::Scalar* src, int64_t k, int64_t K, int64_t P, bool relu, typename V::Scalar* packed) {
   using T = typename V::Scalar;
@@ -679,26 +681,18 @@ void matmul_packed(const typename V::Scalar* A, int64_t lda, const typename V::S
   constexpr int64_t w = V::width;
   int64_t p = 0;
   const T* segment = packed;
-  const int64_t blocks = row_blocks(M, 4);
   for (; p + 3 * w <= P; p += 3 * w, segment += K * 3 * w)
-    for (int64_t b = 0, i = 0; b < blocks; ++b) {
-      const int64_t rows = block_rows(M, blocks, b);
-      matmul_rows<V, 3, 4>(A + i * lda, lda, segment, false, C + i * ldc + p, ldc, rows, K);
-      i += rows;
-    }
-  const int64_t narrow_blocks = row_blocks(M, 6);
-  auto narrow = [&](auto vectors) {
-    constexpr int NV = decltype(vectors)::value;
-    for (int64_t b = 0, i = 0; b < narrow_blocks; ++b) {
-      const int64_t rows = block_rows(M, narrow_blocks, b);
-      matmul_rows<V, NV, 6>(A + i * lda, lda, segment, false, C + i * ldc + p, ldc, rows, K);
-      i += rows;
-    }
-    p += NV * w;
-    segment += K * NV * w;
-  };
-  if (p + 2 * w <= P) narrow(std::integral_constant<int, 2>());
-  if (p + w <= P) narrow(std::integral_constant<int, 1>());
+    matmul_panel<V, 3, 4>(A, lda, segment, false, C + p, ldc, M, K);
+  if (p + 2 * w <= P) {
+    matmul_panel<V, 2, 6>(A, lda, segment, false, C + p, ldc, M, K);
+    p += 2 * w;
+    segment += K * 2 * w;
+  }
+  if (p + w <= P) {
+    matmul_panel<V, 1, 6>(A, lda, segment, false, C + p, ldc, M, K);
+    p += w;
+    segment += K * w;
+  }
   const int64_t rest = P - p;
   for (int64_t c = 0; c < rest; ++c)
     for (int64_t i = 0; i < M; ++i) {
