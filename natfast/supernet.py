@@ -315,7 +315,7 @@ class Supernet(nn.Module):
 
     def _preprocess_with_next(self, ctx, module, tag, index, outs, needed, following, following_needed) -> List[Value]:
         """_preprocess, and for the cell outputs that both this cell and the next read, the next
-        cell's input-0 preprocessing in the same pass (ctx.ahead keeps it for that cell)."""
+        cell's input-0 preprocessing in the same pass (the context keeps it for that cell)."""
         results: List[Optional[Value]] = [None] * len(outs)
         wanted_next = {out.key for out, wanted in zip(outs, following_needed) if wanted}
         by_key: Dict[tuple, list] = {}

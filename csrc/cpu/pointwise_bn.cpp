@@ -171,7 +171,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const 
       s2[i].resize(N * weights[i].size(0));
     }
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> panel(packed ? 0 : matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0), plane(P);
+      std::vector<scalar_t> panel(packed ? 0 : matmul_panel_size(Ci)), scratch(gathers ? Ci * P : 0),
+          plane(packed ? P : 0);  // (strided parts, gathered before they are packed)
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* xn =
             sample_input(kernels, xp, offsets, n, P, relu_input, packed, scratch.data(), plane.data());
