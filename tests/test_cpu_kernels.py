@@ -18,7 +18,7 @@ from natfast.ops import dispatch
 from natfast.ops.backends import cpu as cpu_backend
 from natfast.ops.depthwise import relu_dwconv_reference
 from natfast.ops.fused import cat_conv1x1_bn_reference, conv1x1_bn_reference, pool_bn_reference
-from natfast.ops.norm import group_batch_norm_reference
+from natfast.ops.norm import EPS, group_batch_norm_reference
 from natfast.ops.pointwise import conv1x1_reference
 from natfast.ops.pool import pool2d_reference
 from natfast.sampler import sample_genotype
@@ -249,6 +249,11 @@ for s in (1, 2):
 w = torch.randn(20, 3, 1, 1)  # natfast's own GEMM (no BLAS), portable build
 torch.testing.assert_close(cpu.conv1x1_bn_cpu(x, w, (1, 1), 1e-5, True), conv1x1_bn_reference(x, w, (1, 1), 1e-5, True),
                            rtol=1e-4, atol=1e-4)
+from natfast.ops.fused import relu_conv_bn_reference
+for shape, stride in (((2, 3, 12, 10), 1), ((2, 3, 13, 11), 1), ((2, 3, 13, 11), 2)):  # Winograd, direct, direct
+    x, w = torch.randn(shape), torch.randn(5, 3, 3, 3)
+    torch.testing.assert_close(cpu.relu_conv_bn_cpu(x, w, stride, (1, 1), 1e-5),
+                               relu_conv_bn_reference(x, w, stride, (1, 1), 1e-5), rtol=1e-4, atol=1e-4)
 print("portable ok")
 """
 
@@ -629,3 +634,71 @@ def test_scoring_ops_bad_input_is_a_clear_error():
                                                          [1, 1], 1e-5, True)
     with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
         torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw, pw, 3, 1, [], 1e-5, True)
+
+
+# ----------------------------------------------------------------- scoring: relu_conv_bn (conv_kxk)
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel,stride", [(1, 2), (3, 1), (3, 2), (5, 1), (5, 2), (7, 2)])
+def test_relu_conv_bn_scoring_equals_reference(dtype, kernel, stride):
+    """Forward only: the kernel equals plain PyTorch, with per-group statistics, odd sizes, planes
+    narrower than the window or a vector, more outputs than inputs, batch 1, and a plane wide
+    enough that the direct GEMM goes in several chunks of columns. With k = 3, stride 1 and even
+    sizes the kernel takes Winograd's F(2x2, 3x3): rows of tiles narrower than a vector, blocks of
+    tiles spanning several samples, and several blocks per sample (40 channels at 32x32)."""
+    from natfast.ops.fused import relu_conv_bn, relu_conv_bn_reference
+    gen = torch.Generator().manual_seed(19)
+    for n, c, c_out, h, w, sizes in [(6, 5, 7, 9, 7, (3, 1, 2)), (4, 8, 8, 16, 13, None), (1, 3, 2, 6, 5, None),
+                                     (5, 4, 6, 3, 2, (2, 3)), (2, 3, 4, 40, 50, None), (3, 6, 5, 8, 10, (1, 2)),
+                                     (2, 40, 24, 32, 32, (1, 1))]:
+        x = _random((n, c, h, w), dtype, gen)
+        weight = _random((c_out, c, kernel, kernel), dtype, gen)
+        with dispatch.use_backend("reference"):
+            expected = relu_conv_bn_reference(x, weight, stride, sizes)
+        with torch.inference_mode():
+            got = cpu_backend.relu_conv_bn_cpu(x, weight, stride, sizes, EPS)  # whether or not dispatch picks it
+            with dispatch.recording() as used:
+                dispatched = relu_conv_bn(x, weight, stride, sizes)
+        torch.testing.assert_close(got, expected, **TOL[dtype])
+        torch.testing.assert_close(dispatched, expected, **TOL[dtype])
+        if c <= 32:
+            assert used["relu_conv_bn"] == {"cpu"}
+
+
+@needs_kernels
+def test_relu_conv_bn_serves_scoring_where_it_is_faster():
+    """Under autograd the module runs the unfused ops (with their backward); scoring takes the fused
+    kernel where it was measured faster (Winograd's case at any width, the direct GEMM up to 32
+    input channels) and the unfused ops elsewhere."""
+    from natfast.ops.layers import ReLUConvBN
+    gen = torch.Generator().manual_seed(20)
+    for c, stride, size, expected_backend in ((6, 2, 8, "cpu"), (40, 1, 8, "cpu"), (40, 2, 8, "reference"),
+                                              (40, 1, 7, "reference")):
+        module = ReLUConvBN(c, c, 3, stride, affine=False, track=False)
+        x = _random((4, c, size, size), torch.float32, gen)
+        with dispatch.recording() as training:
+            y = module(x, (1, 3))
+        y.sum().backward()
+        assert module.weight.grad is not None and training.get("relu_conv_bn") is None
+        with torch.no_grad(), dispatch.recording() as scoring:
+            scored = module(x, (1, 3))
+        assert scoring["relu_conv_bn"] == {expected_backend}
+        torch.testing.assert_close(scored, y.detach(), **TOL[torch.float32])
+
+
+@needs_kernels
+def test_relu_conv_bn_bad_input_is_a_clear_error():
+    from natfast.ops.fused import relu_conv_bn
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.raises(ValueError, match=r"\(C_out, C, k, k\) weight with k odd"):
+        relu_conv_bn(x, torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"\(C_out, C, k, k\) weight with k odd"):
+        relu_conv_bn(x, torch.randn(4, 5, 3, 3))
+    with pytest.raises(ValueError, match="add up"):
+        relu_conv_bn(x, torch.randn(4, 3, 3, 3), groups=(1, 2))
+    with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
+        torch.ops.natfast.cpu_relu_conv_bn_forward(x, torch.randn(4, 3, 3, 3), 3, [], 1e-5)
+    with pytest.raises(RuntimeError, match="differs from the input's"):
+        torch.ops.natfast.cpu_relu_conv_bn_forward(x, torch.randn(4, 3, 3, 3).double(), 1, [], 1e-5)
+    with pytest.raises(RuntimeError, match=r"weight must be \(C_out, 3, k, k\)"):
+        torch.ops.natfast.cpu_relu_conv_bn_forward(x, torch.randn(4, 2, 3, 3), 1, [], 1e-5)

@@ -52,5 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_pointwise_bn_forward(
     const at::Tensor& dw_weight, const at::Tensor& pw_weight, int64_t stride, int64_t dilation, at::IntArrayRef groups,
     double eps, bool normalize);
 
+// conv_bn.cpp (forward only)
+at::Tensor relu_conv_bn_forward(const at::Tensor& x, const at::Tensor& weight, int64_t stride, at::IntArrayRef groups,
+                                double eps);
+
 }  // namespace cpu
 }  // namespace natfast

@@ -77,6 +77,15 @@ struct PlaneKernels {
   // (K * P elements); matmul_packed is matmul (no accumulate) of a B so given.
   void (*pack_row)(const T* src, int64_t k, int64_t K, int64_t P, bool relu, T* packed);
   void (*matmul_packed)(const T* A, int64_t lda, const T* packed, T* C, int64_t ldc, int64_t M, int64_t K, int64_t P);
+  // Winograd F(2x2, 3x3) (a stride-1 3x3 convolution as 16 GEMMs over 4x4 input tiles), one row
+  // of `tiles` tiles of one channel at a time. Tile t reads padded rows 0-3 and padded columns
+  // 2t .. 2t + 3 of a zero-padded plane given as its two column phases: row r of the even (odd)
+  // padded columns starts at even + r * rs (odd + r * rs), so every read is a contiguous vector.
+  // winograd_input writes tile t's 16 values B^T d B at V[xi * vs + t] (xi = 4 i + j);
+  // winograd_output reads tile t's 16 GEMM results at M[xi * vs + t] and writes its 2 x 2 outputs
+  // A^T m A to y[2 t], y[2 t + 1] and the same in the row below (y + ldy).
+  void (*winograd_input)(const T* even, const T* odd, int64_t rs, T* V, int64_t vs, int64_t tiles);
+  void (*winograd_output)(const T* M, int64_t vs, T* y, int64_t ldy, int64_t tiles);
   // Values per vector: 1 for the portable (scalar) kernels.
   int64_t vector_width;
 };

@@ -702,12 +702,75 @@ void matmul_packed(const typename V::Scalar* A, int64_t lda, const typename V::S
     }
 }
 
+// ---------------------------------------------------------------- Winograd F(2x2, 3x3)
+// B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] and A^T = [1 1 1 0; 0 1 -1 -1], applied to the
+// rows, then the columns, of `width` tiles at once (one per lane).
+template <class V>
+inline void winograd_input_tiles(const typename V::Scalar* even, const typename V::Scalar* odd, int64_t rs,
+                                 typename V::Scalar* out, int64_t vs) {
+  V d[4][4], t[4][4];
+  for (int i = 0; i < 4; ++i) {
+    d[i][0] = V::load(even + i * rs);
+    d[i][1] = V::load(odd + i * rs);
+    d[i][2] = V::load(even + i * rs + 1);
+    d[i][3] = V::load(odd + i * rs + 1);
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = V::sub(d[0][j], d[2][j]);
+    t[1][j] = V::add(d[1][j], d[2][j]);
+    t[2][j] = V::sub(d[2][j], d[1][j]);
+    t[3][j] = V::sub(d[1][j], d[3][j]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    V::sub(t[i][0], t[i][2]).store(out + (4 * i + 0) * vs);
+    V::add(t[i][1], t[i][2]).store(out + (4 * i + 1) * vs);
+    V::sub(t[i][2], t[i][1]).store(out + (4 * i + 2) * vs);
+    V::sub(t[i][1], t[i][3]).store(out + (4 * i + 3) * vs);
+  }
+}
+
+template <class V>
+void winograd_input(const typename V::Scalar* even, const typename V::Scalar* odd, int64_t rs,
+                    typename V::Scalar* out, int64_t vs, int64_t tiles) {
+  using T = typename V::Scalar;
+  int64_t t = 0;
+  for (; t + V::width <= tiles; t += V::width) winograd_input_tiles<V>(even + t, odd + t, rs, out + t, vs);
+  for (; t < tiles; ++t) winograd_input_tiles<VecScalar<T>>(even + t, odd + t, rs, out + t, vs);
+}
+
+template <class V>
+inline void winograd_output_tiles(const typename V::Scalar* M, int64_t vs, typename V::Scalar* y, int64_t ldy) {
+  V s[2][4];
+  for (int j = 0; j < 4; ++j) {
+    const V m0 = V::load(M + j * vs), m1 = V::load(M + (4 + j) * vs), m2 = V::load(M + (8 + j) * vs),
+            m3 = V::load(M + (12 + j) * vs);
+    s[0][j] = V::add(V::add(m0, m1), m2);
+    s[1][j] = V::sub(V::sub(m1, m2), m3);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const V left = V::add(V::add(s[i][0], s[i][1]), s[i][2]), right = V::sub(V::sub(s[i][1], s[i][2]), s[i][3]);
+    V a, b;
+    V::interleave(left, right, &a, &b);  // tile t's two columns side by side
+    a.store(y + i * ldy);
+    b.store(y + i * ldy + V::width);
+  }
+}
+
+template <class V>
+void winograd_output(const typename V::Scalar* M, int64_t vs, typename V::Scalar* y, int64_t ldy, int64_t tiles) {
+  using T = typename V::Scalar;
+  int64_t t = 0;
+  for (; t + V::width <= tiles; t += V::width) winograd_output_tiles<V>(M + t, vs, y + 2 * t, ldy);
+  for (; t < tiles; ++t) winograd_output_tiles<VecScalar<T>>(M + t, vs, y + 2 * t, ldy);
+}
+
 template <class V>
 PlaneKernels<typename V::Scalar> make_table() {
   return {&relu_dwconv_forward<V>, &relu_dwconv_backward<V>, &max_pool_forward<V>, &max_pool_backward<V>,
           &avg_pool_forward<V>,    &avg_pool_backward<V>,    &sums<V>,             &affine<V>,
           &relu<V>,                &relu_mask<V>,            &pick_even<V>,        &matmul<V>,
-          &pack_row<V>,            &matmul_packed<V>,        V::width};
+          &pack_row<V>,            &matmul_packed<V>,        &winograd_input<V>,   &winograd_output<V>,
+          V::width};
 }
 
 }  // namespace

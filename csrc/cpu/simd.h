@@ -24,6 +24,7 @@ struct VecScalar {
   void store(T* p) const { *p = v; }
   static VecScalar fmadd(VecScalar a, VecScalar b, VecScalar c) { return {a.v * b.v + c.v}; }
   static VecScalar add(VecScalar a, VecScalar b) { return {a.v + b.v}; }
+  static VecScalar sub(VecScalar a, VecScalar b) { return {a.v - b.v}; }
   static VecScalar mul(VecScalar a, VecScalar b) { return {a.v * b.v}; }
   // b when either is NaN (like maxps): max(zero, x) is a NaN-propagating ReLU.
   static VecScalar max(VecScalar a, VecScalar b) { return {a.v > b.v ? a.v : b.v}; }
@@ -55,6 +56,7 @@ struct VecAvx2f {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   static VecAvx2f fmadd(VecAvx2f a, VecAvx2f b, VecAvx2f c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static VecAvx2f add(VecAvx2f a, VecAvx2f b) { return {_mm256_add_ps(a.v, b.v)}; }
+  static VecAvx2f sub(VecAvx2f a, VecAvx2f b) { return {_mm256_sub_ps(a.v, b.v)}; }
   static VecAvx2f mul(VecAvx2f a, VecAvx2f b) { return {_mm256_mul_ps(a.v, b.v)}; }
   static VecAvx2f max(VecAvx2f a, VecAvx2f b) { return {_mm256_max_ps(a.v, b.v)}; }
   static Mask gt(VecAvx2f a, VecAvx2f b) { return _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ); }

@@ -7,6 +7,8 @@ end of sep_conv/dil_conv and the cell preprocessing.
 a fused kernel reads in place instead of concatenating them.
 `cat_conv1x1_bn_each`: cat_conv1x1_bn for several weights over the same parts (the two cells that
 preprocess one cell output); a fused kernel reads the input once for all.
+`relu_conv_bn`: the supernet's conv_kxk candidates (relu_conv2d, then that BN); a backend may serve
+it for scoring only.
 `dil_conv_bn` / `sep_conv_bn`: the supernet's whole dil_conv and sep_conv (relu_dwconv, then
 conv1x1_bn; twice for sep_conv). A backend may serve them for scoring only (no autograd recording),
 where nothing needs keeping for a backward and one pass per sample does the whole op.
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import dispatch
+from .conv import relu_conv2d
 from .depthwise import relu_dwconv
 from .norm import EPS, group_batch_norm
 from .pointwise import conv1x1
@@ -135,6 +138,27 @@ def has_fused_cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor
     a caller with several consumers of one concatenation does better sharing it)."""
     groups = tuple(groups) if groups is not None else None
     return dispatch.resolve("cat_conv1x1_bn", parts[0].device.type, list(parts), weight, groups, EPS, True)[0] != "reference"
+
+
+def relu_conv_bn_reference(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: Optional[Sequence[int]],
+                           eps: float = EPS) -> torch.Tensor:
+    return group_batch_norm(relu_conv2d(x, weight, stride), groups, eps)
+
+
+dispatch.register("relu_conv_bn", "reference", relu_conv_bn_reference)
+
+
+def relu_conv_bn(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, groups: Optional[Sequence[int]] = None,
+                 eps: float = EPS) -> torch.Tensor:
+    """group_batch_norm(relu_conv2d(x, weight, stride), groups, eps): the supernet's conv_kxk
+    ('same' padding k // 2)."""
+    k = weight.shape[-1] if weight.dim() == 4 else None
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != x.shape[1] or weight.shape[2] != k or k % 2 == 0:
+        raise ValueError(f"relu_conv_bn needs an (N, C, H, W) input and a (C_out, C, k, k) weight with k odd, got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if groups is not None and sum(groups) != x.shape[0]:
+        raise ValueError(f"group sizes {list(groups)} do not add up to the batch size {x.shape[0]}")
+    return dispatch.call("relu_conv_bn", x, weight, stride, tuple(groups) if groups is not None else None, eps)
 
 
 def dil_conv_bn_reference(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, stride: int,

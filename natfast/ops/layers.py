@@ -60,6 +60,9 @@ class ReLUConvBN(nn.Module):
         w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
         if self.kernel == 1 and self.stride == 1 and self.norm.searching:
             return fused.conv1x1_bn(x, w, groups, relu_input=not relu_applied)
+        if self.kernel > 1 and self.norm.searching and not torch.is_grad_enabled():
+            # Scoring: ReLU, convolution and BN in one forward-only pass where a backend has it.
+            return fused.relu_conv_bn(x, w, self.stride, groups)
         if self.kernel == 1:
             y = conv1x1(x if relu_applied else F.relu(x), w, self.stride)
         else:

@@ -1,8 +1,9 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
 `pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `cat_conv1x1_bn_each`,
-`dil_conv_bn` and `sep_conv_bn` when autograd is not recording (scoring); and `conv1x1` as
-batched GEMMs (no compiled code: registered even without the extension).
+`relu_conv_bn` (narrow inputs), `dil_conv_bn` and `sep_conv_bn` when autograd is not recording
+(scoring); and `conv1x1` and `relu_conv2d` through torch (no compiled code: registered even
+without the extension).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -24,7 +25,7 @@ from ... import _ext
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
              "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_forward_each",
-             "cpu_conv1x1_bn_backward", "cpu_dwconv_pointwise_bn_forward")
+             "cpu_conv1x1_bn_backward", "cpu_dwconv_pointwise_bn_forward", "cpu_relu_conv_bn_forward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
 
@@ -203,6 +204,11 @@ def dil_conv_bn_cpu(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.T
                                                              list(groups or ()), eps, True)[0]
 
 
+def relu_conv_bn_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: Optional[Sequence[int]],
+                     eps: float) -> torch.Tensor:
+    return torch.ops.natfast.cpu_relu_conv_bn_forward(x, weight, stride, list(groups or ()), eps)
+
+
 def sep_conv_bn_cpu(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,
                     stride: int, groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
     # The first half's normalisation is applied by the second half as it reads each plane.
@@ -271,6 +277,19 @@ def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps
     return pw_weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * out > 1
 
 
+def _supports_relu_conv_bn(x, weight, stride, groups, eps) -> bool:
+    # Forward only, and where measured faster than oneDNN's convolution and the BN kernel
+    # (bench/RESULTS.md, eleventh session): Winograd's F(2x2, 3x3) (k = 3, stride 1, even sizes)
+    # at every width, 1.45-2x; the direct GEMM at up to 32 input channels (1.4x at 20; at 40 no
+    # faster, at 80 slower).
+    k = weight.shape[-1]
+    if _recording(x, weight) or not _plain(x) or weight.dtype != x.dtype or k > _MAX_KERNEL or stride not in (1, 2):
+        return False
+    winograd = k == 3 and stride == 1 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+    return (winograd or x.shape[1] <= 32) and (min(groups) if groups else x.shape[0]) * out > 1
+
+
 def _supports_cat_conv1x1_bn_each(parts, weights, groups, eps, relu_input) -> bool:
     # Forward only: under autograd the reference (one cat_conv1x1_bn, with its backward, per weight).
     return (not _recording(*parts, *weights) and all(w.dtype == weights[0].dtype for w in weights)
@@ -302,7 +321,8 @@ def register() -> str:
         dispatch.register("cat_conv1x1_bn_each", "cpu", cat_conv1x1_bn_each_cpu, supports=_supports_cat_conv1x1_bn_each)
         dispatch.register("dil_conv_bn", "cpu", dil_conv_bn_cpu, supports=_supports_dil_conv_bn)
         dispatch.register("sep_conv_bn", "cpu", sep_conv_bn_cpu, supports=_supports_sep_conv_bn)
+        dispatch.register("relu_conv_bn", "cpu", relu_conv_bn_cpu, supports=_supports_relu_conv_bn)
         return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
-                "relu_conv2d, cat_conv1x1_bn_each, dil_conv_bn and sep_conv_bn (scoring)")
+                "relu_conv2d, cat_conv1x1_bn_each, relu_conv_bn, dil_conv_bn and sep_conv_bn (scoring)")
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
