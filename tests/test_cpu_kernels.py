@@ -309,6 +309,17 @@ def test_bench_ops_reports_fast_reference_and_sgemm():
         assert row["fast_ms"] > 0 and row["reference_ms"] > 0 and row["fast_gflops"] > 0
 
 
+@needs_kernels
+def test_bench_ops_scoring_times_conv_3x3_fused_and_unfused():
+    result = bench_ops(repeats=1, batch=2, groups=["scoring"])["scoring"]
+    for name in ("conv_3x3 s1 C20 H32", "conv_3x3 s1 C80 H8", "conv_3x3 s2 C40 H32"):
+        row = result[name]
+        assert row["fast_ms"] > 0 and row["unfused_fast_ms"] > 0 and row["reference_ms"] > 0
+    # The fused kernel where it is measured faster, the unfused ops elsewhere (C = 80, stride 2).
+    assert result["conv_3x3 s1 C80 H8"]["fast_backends"]["relu_conv_bn"] == ["cpu"]
+    assert result["conv_3x3 s2 C80 H16"]["fast_backends"]["relu_conv_bn"] == ["reference"]
+
+
 @pytest.mark.parametrize("c_in,c_out,k,stride,h", [(8, 8, 3, 1, 9), (20, 20, 5, 2, 10), (24, 16, 1, 2, 7), (6, 6, 3, 1, 1)])
 def test_relu_conv2d_channels_last_matches_reference(c_in, c_out, k, stride, h):
     """The CPU backend's dense conv (channels-last oneDNN, plain torch) vs the reference, fwd + bwd."""

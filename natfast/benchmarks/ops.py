@@ -1,6 +1,6 @@
 """Op benchmark (`natfast bench ops`): forward+backward time of each hot operation and of the supernet's
-op modules at the search shapes (group "scoring": the sep_conv / dil_conv modules' forward alone
-under inference mode, as architectures are scored), fast path (dispatch "auto") vs the reference
+op modules at the search shapes (group "scoring": the sep_conv / dil_conv / conv_3x3 modules' forward
+alone under inference mode, as architectures are scored), fast path (dispatch "auto") vs the reference
 path, measured in the same run on the same inputs, with the achieved GFLOP/s against this
 machine's sgemm rate (also measured in this run).
 
@@ -30,7 +30,7 @@ from . import interleaved_median_ms, median_ms
 STAGES = ((20, 32), (40, 16), (80, 8))        # (C, H) of the normal cells
 REDUCTIONS = ((40, 32), (80, 16))             # (C, H) of the stride-2 edges' inputs
 DWCONV = {"sep3": (3, 1), "sep5": (5, 1), "dil3": (3, 2), "dil5": (5, 2)}   # name: (kernel, dilation)
-MODULES = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3")
+MODULES = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "conv_3x3", "max_pool_3x3", "avg_pool_3x3")
 
 
 def sgemm_gflops(repeats: int, n: int = 1024) -> float:
@@ -188,6 +188,8 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
                     flops = 3 * 2 * 2 * batch * c * ho * ho * (k * k + c)
                 elif name.startswith("dil"):
                     flops = 3 * 2 * batch * c * ho * ho * (k * k + c)
+                elif name.startswith("conv"):    # dense: every input channel for every output
+                    flops = 3 * 2 * batch * c * c * ho * ho * k * k
                 else:
                     flops = 2 * batch * c * ho * ho * 9
                 cases.append((f"{name} s{stride} C{c} H{h}", module, [torch.randn(batch, c, h, h)], flops))
@@ -195,9 +197,9 @@ def _module_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], f
 
 
 def _scoring_cases(batch: int) -> List[Tuple[str, Callable, List[torch.Tensor], float]]:
-    """The sep_conv / dil_conv modules' forward alone (flops: one pass, not three)."""
+    """The sep_conv / dil_conv / conv_3x3 modules' forward alone (flops: one pass, not three)."""
     return [(name, module, inputs, flops / 3) for name, module, inputs, flops in _module_cases(batch)
-            if name.startswith(("sep", "dil"))]
+            if name.startswith(("sep", "dil", "conv"))]
 
 
 GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _pool_cases, "group_batch_norm": _norm_cases,
@@ -205,7 +207,7 @@ GROUPS = {"relu_dwconv": _dwconv_cases, "relu_conv2d": _conv_cases, "pool2d": _p
           "modules": _module_cases, "scoring": _scoring_cases}
 # group: the fused dispatch ops it times
 FUSED = {"pool_bn": ("pool_bn",), "conv1x1_bn": ("conv1x1_bn",), "cat_conv1x1_bn": ("cat_conv1x1_bn",),
-         "scoring": ("sep_conv_bn", "dil_conv_bn")}
+         "scoring": ("sep_conv_bn", "dil_conv_bn", "relu_conv_bn")}
 # group: how one timed step runs a case (default: forward + backward)
 STEPS = {"scoring": _inference}
 
