@@ -254,6 +254,11 @@ for shape, stride in (((2, 3, 12, 10), 1), ((2, 3, 13, 11), 1), ((2, 3, 13, 11),
     x, w = torch.randn(shape), torch.randn(5, 3, 3, 3)
     torch.testing.assert_close(cpu.relu_conv_bn_cpu(x, w, stride, (1, 1), 1e-5),
                                relu_conv_bn_reference(x, w, stride, (1, 1), 1e-5), rtol=1e-4, atol=1e-4)
+from natfast.ops.fused import factorized_reduce_bn_reference
+parts, w = [torch.randn(2, 3, 12, 10), torch.randn(2, 2, 12, 10)], torch.randn(4, 5, 1, 1)
+with torch.no_grad():
+    torch.testing.assert_close(cpu.factorized_reduce_bn_cpu(parts, w, w, (1, 1), 1e-5),
+                               factorized_reduce_bn_reference(parts, w, w, (1, 1), 1e-5), rtol=1e-4, atol=1e-4)
 print("portable ok")
 """
 
@@ -646,6 +651,61 @@ def test_scoring_ops_bad_input_is_a_clear_error():
     with pytest.raises(RuntimeError, match="stride must be 1 or 2"):
         torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(x, None, None, dw, pw, 3, 1, [], 1e-5, True)
 
+
+# ----------------------------------------------------------------- scoring: factorized_reduce_bn
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("blas", ["1", "0", ""])
+def test_factorized_reduce_bn_scoring_equals_reference(dtype, blas, monkeypatch):
+    """Both halves in one pass: exactly the two unfused CPU calls and their concatenation (the same
+    arithmetic), and plain PyTorch within tolerance; one part or a cell output's nodes, per-group
+    statistics, planes down to 1 x 1 after the stride."""
+    monkeypatch.setenv("NATFAST_CPU_BLAS", blas)
+    from natfast.ops.fused import factorized_reduce_bn, factorized_reduce_bn_reference
+    gen = torch.Generator().manual_seed(21)
+    for n, channels, c_out, h, w, sizes in [(6, (5,), 8, 10, 8, (3, 1, 2)), (4, (3, 3, 3, 3), 6, 16, 16, None),
+                                            (3, (2, 4), 4, 2, 2, None)]:
+        parts = [_random((n, c, h, w), dtype, gen) for c in channels]
+        wa, wb = (_random((c_out // 2, sum(channels), 1, 1), dtype, gen) for _ in range(2))
+        with dispatch.use_backend("reference"):
+            expected = factorized_reduce_bn_reference(parts, wa, wb, sizes)
+        with torch.inference_mode():
+            with dispatch.recording() as used:
+                got = factorized_reduce_bn(parts, wa, wb, sizes)
+            assert used["factorized_reduce_bn"] == {"cpu"}
+            unfused = factorized_reduce_bn_reference(parts, wa, wb, sizes)
+        torch.testing.assert_close(got, expected, **TOL[dtype])
+        assert torch.equal(got, unfused)
+
+
+@needs_kernels
+def test_factorized_reduce_leaves_autograd_to_the_unfused_kernels():
+    from natfast.ops.layers import FactorizedReduce
+    gen = torch.Generator().manual_seed(22)
+    module = FactorizedReduce(6, 8, affine=False, track=False)
+    parts = [_random((4, 3, 8, 8), torch.float32, gen) for _ in range(2)]
+    with dispatch.recording() as training:
+        y = module.forward_parts(parts, (1, 3))
+    y.sum().backward()
+    assert module.conv_a.grad is not None and module.conv_b.grad is not None
+    assert training["factorized_reduce_bn"] == {"reference"} and training["cat_conv1x1_bn"] == {"cpu"}
+    with torch.no_grad(), dispatch.recording() as scoring:
+        scored = module.forward_parts(parts, (1, 3))
+    assert scoring["factorized_reduce_bn"] == {"cpu"}
+    assert torch.equal(scored, y.detach())
+
+
+@needs_kernels
+def test_factorized_reduce_bn_bad_input_is_a_clear_error():
+    from natfast.ops.fused import factorized_reduce_bn
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 1, 1)
+    with pytest.raises(ValueError, match="even heights and widths"):
+        factorized_reduce_bn([torch.randn(2, 3, 7, 6)], w, w)
+    with pytest.raises(ValueError, match=r"\(C_out, 3, 1, 1\) weight"):
+        factorized_reduce_bn([x], w, torch.randn(2, 4, 1, 1))
+    with pytest.raises(RuntimeError, match="same shapes and dtype"):
+        torch.ops.natfast.cpu_factorized_reduce_bn_forward([x[:, :, ::2, ::2]], [x[:, :, 1::2, 1::3]], w, w, [], 1e-5,
+                                                           True)
 
 # ----------------------------------------------------------------- scoring: relu_conv_bn (conv_kxk)
 @needs_kernels

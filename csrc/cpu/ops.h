@@ -41,6 +41,10 @@ std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts, cons
 // conv1x1_bn_forward's y for each weight, the input read once for all (forward only: scoring).
 std::vector<at::Tensor> conv1x1_bn_forward_each(at::TensorList parts, at::TensorList weights, at::IntArrayRef groups,
                                                 double eps, bool relu_input);
+// FactorizedReduce (two stride-2 1x1 convolutions, concatenated, BN), forward only: scoring.
+at::Tensor factorized_reduce_bn_forward(at::TensorList even, at::TensorList odd, const at::Tensor& weight_a,
+                                        const at::Tensor& weight_b, at::IntArrayRef groups, double eps,
+                                        bool relu_input);
 std::tuple<std::vector<at::Tensor>, at::Tensor> conv1x1_bn_backward(const at::Tensor& grad_y, at::TensorList parts,
                                                                     const at::Tensor& weight, const at::Tensor& y,
                                                                     const at::Tensor& rstd, at::IntArrayRef groups,

@@ -199,6 +199,60 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const 
 
 }  // namespace
 
+// FactorizedReduce's forward, scoring: y = BN(cat(conv1x1(f(even), weight_a), conv1x1(f(odd), weight_b)))
+// with even, odd the parts' stride-2 pixel subsamples (views). Both halves of a sample are gathered
+// one after the other, while the rows the second reads (the first's neighbours) are still in
+// cache, and written into one output: not two passes over the input and a concatenation.
+at::Tensor factorized_reduce_bn_forward(at::TensorList even_in, at::TensorList odd_in, const at::Tensor& weight_a,
+                                        const at::Tensor& weight_b, at::IntArrayRef groups, double eps,
+                                        bool relu_input) {
+  const char* op = "cpu_factorized_reduce_bn_forward";
+  std::vector<int64_t> offsets, odd_offsets;
+  const std::vector<at::Tensor> even = check_parts(even_in, weight_a, op, offsets, /*keep_views=*/true);
+  const std::vector<at::Tensor> odd = check_parts(odd_in, weight_b, op, odd_offsets, /*keep_views=*/true);
+  const at::Tensor& x0 = even[0];
+  TORCH_CHECK(offsets == odd_offsets && odd[0].size(0) == x0.size(0) && odd[0].size(2) == x0.size(2) &&
+                  odd[0].size(3) == x0.size(3) && odd[0].scalar_type() == x0.scalar_type(),
+              op, ": the even and odd parts must have the same shapes and dtype");
+  const int64_t N = x0.size(0), Ci = offsets.back(), P = x0.size(2) * x0.size(3);
+  const at::Tensor wa = weight_a.contiguous(), wb = weight_b.contiguous();
+  const int64_t Ca = wa.size(0), Co = Ca + wb.size(0);
+  const std::vector<int64_t> starts = group_starts(groups, N, op);
+  const int64_t G = int64_t(starts.size()) - 1;
+  at::Tensor y = at::empty({N, Co, x0.size(2), x0.size(3)}, x0.options());
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "cpu_factorized_reduce_bn_forward", [&] {
+    const auto& kernels = plane_kernels<scalar_t>();
+    std::vector<PartView<scalar_t>> halves[2];
+    for (const at::Tensor& part : even) halves[0].push_back(part_view<scalar_t>(part));
+    for (const at::Tensor& part : odd) halves[1].push_back(part_view<scalar_t>(part));
+    const scalar_t* weights[2] = {wa.data_ptr<scalar_t>(), wb.data_ptr<scalar_t>()};
+    const int64_t first[2] = {0, Ca}, rows[2] = {Ca, Co - Ca};
+    const bool packed = blas_for(kernels, false) == nullptr;  // as forward_each
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    std::vector<double> s1(N * Co), s2(N * Co);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> panel(packed ? 0 : matmul_panel_size(Ci)), scratch(Ci * P), plane(packed ? P : 0);
+      for (int64_t n = begin; n < end; ++n)
+        for (int h = 0; h < 2; ++h) {
+          const scalar_t* xn =
+              sample_input(kernels, halves[h], offsets, n, P, relu_input, packed, scratch.data(), plane.data());
+          scalar_t* yn = yp + (n * Co + first[h]) * P;
+          if (packed)
+            kernels.matmul_packed(weights[h], Ci, xn, yn, P, rows[h], Ci, P);
+          else
+            gemm(kernels, weights[h], Ci, xn, P, false, false, yn, P, rows[h], Ci, P, panel.data());
+          for (int64_t c = 0; c < rows[h]; ++c) {
+            const int64_t i = n * Co + first[h] + c;
+            kernels.sums(yp + i * P, nullptr, P, &s1[i], &s2[i]);
+          }
+        }
+    });
+    std::vector<double> mean(G * Co), rstd(G * Co);
+    normalize_planes(kernels, yp, yp, s1, s2, starts, Co, P, eps, mean.data(), rstd.data());
+  });
+  return y;
+}
+
 std::tuple<at::Tensor, at::Tensor> conv1x1_bn_forward(at::TensorList parts_in, const at::Tensor& weight_in,
                                                       at::IntArrayRef groups, double eps, bool relu_input) {
   auto [ys, rstds] = forward_each("cpu_conv1x1_bn_forward", parts_in, {weight_in}, groups, eps, relu_input);
@@ -312,6 +366,11 @@ TORCH_LIBRARY_FRAGMENT(natfast, m) {
   m.def(
       "cpu_conv1x1_bn_forward_each(Tensor[] parts, Tensor[] weights, int[] groups, float eps, bool relu_input) -> "
       "Tensor[]");
+  // BN(cat(conv1x1(f(cat(even)), weight_a), conv1x1(f(cat(odd)), weight_b))), f = relu if relu_input:
+  // FactorizedReduce given its parts' stride-2 subsamples (views), forward only (scoring).
+  m.def(
+      "cpu_factorized_reduce_bn_forward(Tensor[] even, Tensor[] odd, Tensor weight_a, Tensor weight_b, int[] groups, "
+      "float eps, bool relu_input) -> Tensor");
   // (grad of each part, grad_weight) given the forward's parts, weight, y and rstd.
   m.def(
       "cpu_conv1x1_bn_backward(Tensor grad_y, Tensor[] parts, Tensor weight, Tensor y, Tensor rstd, int[] groups, "
@@ -322,4 +381,5 @@ TORCH_LIBRARY_IMPL(natfast, CPU, m) {
   m.impl("cpu_conv1x1_bn_forward", &natfast::cpu::conv1x1_bn_forward);
   m.impl("cpu_conv1x1_bn_forward_each", &natfast::cpu::conv1x1_bn_forward_each);
   m.impl("cpu_conv1x1_bn_backward", &natfast::cpu::conv1x1_bn_backward);
+  m.impl("cpu_factorized_reduce_bn_forward", &natfast::cpu::factorized_reduce_bn_forward);
 }

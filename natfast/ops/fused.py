@@ -7,6 +7,9 @@ end of sep_conv/dil_conv and the cell preprocessing.
 a fused kernel reads in place instead of concatenating them.
 `cat_conv1x1_bn_each`: cat_conv1x1_bn for several weights over the same parts (the two cells that
 preprocess one cell output); a fused kernel reads the input once for all.
+`factorized_reduce_bn`: the supernet's FactorizedReduce (ReLU, two stride-2 1x1 convolutions, one on
+the pixels shifted by one, concatenated, BN) of a cell output's nodes; a backend may serve it for
+scoring only.
 `relu_conv_bn`: the supernet's conv_kxk candidates (relu_conv2d, then that BN); a backend may serve
 it for scoring only.
 `dil_conv_bn` / `sep_conv_bn`: the supernet's whole dil_conv and sep_conv (relu_dwconv, then
@@ -138,6 +141,30 @@ def has_fused_cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor
     a caller with several consumers of one concatenation does better sharing it)."""
     groups = tuple(groups) if groups is not None else None
     return dispatch.resolve("cat_conv1x1_bn", parts[0].device.type, list(parts), weight, groups, EPS, True)[0] != "reference"
+
+
+def factorized_reduce_bn_reference(parts: Sequence[torch.Tensor], weight_a: torch.Tensor, weight_b: torch.Tensor,
+                                  groups: Optional[Sequence[int]], eps: float = EPS) -> torch.Tensor:
+    # BN normalises each channel on its own, so BN(cat(a, b)) = cat(BN(a), BN(b)).
+    return torch.cat([cat_conv1x1_bn([p[:, :, ::2, ::2] for p in parts], weight_a, groups, eps, relu_input=True),
+                      cat_conv1x1_bn([p[:, :, 1::2, 1::2] for p in parts], weight_b, groups, eps, relu_input=True)],
+                     dim=1)
+
+
+dispatch.register("factorized_reduce_bn", "reference", factorized_reduce_bn_reference)
+
+
+def factorized_reduce_bn(parts: Sequence[torch.Tensor], weight_a: torch.Tensor, weight_b: torch.Tensor,
+                         groups: Optional[Sequence[int]] = None, eps: float = EPS) -> torch.Tensor:
+    """BN(cat(conv1x1(relu(x[:, :, ::2, ::2]), weight_a), conv1x1(relu(x[:, :, 1::2, 1::2]), weight_b)))
+    with x = torch.cat(parts, dim=1) (a cell output's nodes, read in place): the supernet's
+    FactorizedReduce. Even heights and widths."""
+    parts = list(parts)
+    _check_cat_inputs("factorized_reduce_bn", parts, [weight_a, weight_b], groups)
+    if parts[0].shape[2] % 2 or parts[0].shape[3] % 2:
+        raise ValueError(f"factorized_reduce_bn needs even heights and widths, got {tuple(parts[0].shape)}")
+    return dispatch.call("factorized_reduce_bn", parts, weight_a, weight_b, tuple(groups) if groups is not None else None,
+                         eps)
 
 
 def relu_conv_bn_reference(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: Optional[Sequence[int]],

@@ -165,10 +165,9 @@ class FactorizedReduce(nn.Module):
         wa, wb = self._weights(channel_index)
         if self.norm.searching:
             # BN normalises each channel on its own, so BN(cat(a, b)) = cat(BN(a), BN(b)): each half
-            # is one ReLU + 1x1 conv + BN, which the CPU kernel does reading the parts in place.
-            return torch.cat([fused.cat_conv1x1_bn([p[:, :, ::2, ::2] for p in parts], wa, groups, relu_input=True),
-                              fused.cat_conv1x1_bn([p[:, :, 1::2, 1::2] for p in parts], wb, groups, relu_input=True)],
-                             dim=1)
+            # is one ReLU + 1x1 conv + BN, which the CPU kernel does reading the parts in place (both
+            # halves in one pass when scoring).
+            return fused.factorized_reduce_bn(parts, wa, wb, groups)
         even = _cat_channels([F.relu(p[:, :, ::2, ::2]) for p in parts])
         odd = _cat_channels([F.relu(p[:, :, 1::2, 1::2]) for p in parts])
         return self.norm(torch.cat([conv1x1(even, wa), conv1x1(odd, wb)], dim=1), groups)

@@ -1,7 +1,7 @@
 """The CPU backend: the C++ kernels (csrc/cpu, operators natfast::cpu_*) as autograd functions,
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
 `pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `cat_conv1x1_bn_each`,
-`relu_conv_bn` (narrow inputs), `dil_conv_bn` and `sep_conv_bn` when autograd is not recording
+`factorized_reduce_bn`, `relu_conv_bn`, `dil_conv_bn` and `sep_conv_bn` when autograd is not recording
 (scoring); and `conv1x1` and `relu_conv2d` through torch (no compiled code: registered even
 without the extension).
 
@@ -25,7 +25,8 @@ from ... import _ext
 OPERATORS = ("cpu_relu_dwconv_forward", "cpu_relu_dwconv_backward", "cpu_pool2d_forward", "cpu_pool2d_backward",
              "cpu_group_batch_norm_forward", "cpu_group_batch_norm_backward", "cpu_pool2d_bn_forward",
              "cpu_pool2d_bn_backward", "cpu_conv1x1_bn_forward", "cpu_conv1x1_bn_forward_each",
-             "cpu_conv1x1_bn_backward", "cpu_dwconv_pointwise_bn_forward", "cpu_relu_conv_bn_forward")
+             "cpu_conv1x1_bn_backward", "cpu_dwconv_pointwise_bn_forward", "cpu_relu_conv_bn_forward",
+             "cpu_factorized_reduce_bn_forward")
 _DTYPES = (torch.float32, torch.float64)
 _MAX_KERNEL = 7  # kMaxKernel in csrc/cpu/plane_kernels.h
 
@@ -204,6 +205,13 @@ def dil_conv_bn_cpu(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.T
                                                              list(groups or ()), eps, True)[0]
 
 
+def factorized_reduce_bn_cpu(parts: Sequence[torch.Tensor], weight_a: torch.Tensor, weight_b: torch.Tensor,
+                             groups: Optional[Sequence[int]], eps: float) -> torch.Tensor:
+    return torch.ops.natfast.cpu_factorized_reduce_bn_forward([p[:, :, ::2, ::2] for p in parts],
+                                                              [p[:, :, 1::2, 1::2] for p in parts], weight_a, weight_b,
+                                                              list(groups or ()), eps, True)
+
+
 def relu_conv_bn_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: Optional[Sequence[int]],
                      eps: float) -> torch.Tensor:
     return torch.ops.natfast.cpu_relu_conv_bn_forward(x, weight, stride, list(groups or ()), eps)
@@ -277,6 +285,13 @@ def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps
     return pw_weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * out > 1
 
 
+def _supports_factorized_reduce_bn(parts, weight_a, weight_b, groups, eps) -> bool:
+    # Forward only: under autograd the reference (two cat_conv1x1_bn, with their backward).
+    halves = [p[:, :, ::2, ::2] for p in parts]
+    return (not _recording(*parts, weight_a, weight_b) and weight_b.dtype == weight_a.dtype
+            and _supports_cat_conv1x1_bn(halves, weight_a, groups, eps, True))
+
+
 def _supports_relu_conv_bn(x, weight, stride, groups, eps) -> bool:
     # Forward only, and where measured faster than oneDNN's convolution and the BN kernel
     # (bench/RESULTS.md, eleventh session): Winograd's F(2x2, 3x3) (k = 3, stride 1, even sizes)
@@ -322,7 +337,10 @@ def register() -> str:
         dispatch.register("dil_conv_bn", "cpu", dil_conv_bn_cpu, supports=_supports_dil_conv_bn)
         dispatch.register("sep_conv_bn", "cpu", sep_conv_bn_cpu, supports=_supports_sep_conv_bn)
         dispatch.register("relu_conv_bn", "cpu", relu_conv_bn_cpu, supports=_supports_relu_conv_bn)
+        dispatch.register("factorized_reduce_bn", "cpu", factorized_reduce_bn_cpu,
+                          supports=_supports_factorized_reduce_bn)
         return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
-                "relu_conv2d, cat_conv1x1_bn_each, relu_conv_bn, dil_conv_bn and sep_conv_bn (scoring)")
+                "relu_conv2d, cat_conv1x1_bn_each, factorized_reduce_bn, relu_conv_bn, dil_conv_bn and sep_conv_bn "
+                "(scoring)")
     except Exception as exc:  # never fail `import natfast.ops`
         return f"inactive: {type(exc).__name__}: {exc}"
