@@ -174,7 +174,8 @@ void direct_conv(const PlaneKernels<T>& kernels, const T* x, const T* w, T* y, i
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> planes(Ci * g.per_channel(), T(0)), packed(K * chunk), out(Co * Pq);
     for (int64_t n = begin; n < end; ++n) {
-      for (int64_t c = 0; c < Ci; ++c) fill_phases(kernels, x + (n * Ci + c) * g.H * g.W, g, planes.data() + c * g.per_channel());
+      for (int64_t c = 0; c < Ci; ++c)
+        fill_phases(kernels, x + (n * Ci + c) * g.H * g.W, g, planes.data() + c * g.per_channel());
       for (int64_t p = 0; p < Pq; p += chunk) {
         const int64_t width = std::min(chunk, Pq - p);
         for (int64_t c = 0, row = 0; c < Ci; ++c)
@@ -186,7 +187,8 @@ void direct_conv(const PlaneKernels<T>& kernels, const T* x, const T* w, T* y, i
       // Drop the padding columns; sum each plane while it is in cache.
       T* yn = y + n * Co * Po;
       for (int64_t c = 0; c < Co; ++c) {
-        for (int64_t r = 0; r < g.Ho; ++r) std::copy_n(out.data() + c * Pq + r * g.Wq, g.Wo, yn + c * Po + r * g.Wo);
+        for (int64_t r = 0; r < g.Ho; ++r)
+          std::copy_n(out.data() + c * Pq + r * g.Wq, g.Wo, yn + c * Po + r * g.Wo);
         kernels.sums(yn + c * Po, nullptr, Po, &s1[n * Co + c], &s2[n * Co + c]);
       }
     }

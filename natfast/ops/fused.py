@@ -163,8 +163,8 @@ def factorized_reduce_bn(parts: Sequence[torch.Tensor], weight_a: torch.Tensor, 
     _check_cat_inputs("factorized_reduce_bn", parts, [weight_a, weight_b], groups)
     if parts[0].shape[2] % 2 or parts[0].shape[3] % 2:
         raise ValueError(f"factorized_reduce_bn needs even heights and widths, got {tuple(parts[0].shape)}")
-    return dispatch.call("factorized_reduce_bn", parts, weight_a, weight_b, tuple(groups) if groups is not None else None,
-                         eps)
+    groups = tuple(groups) if groups is not None else None
+    return dispatch.call("factorized_reduce_bn", parts, weight_a, weight_b, groups, eps)
 
 
 def relu_conv_bn_reference(x: torch.Tensor, weight: torch.Tensor, stride: int, groups: Optional[Sequence[int]],
