@@ -108,6 +108,18 @@ const T* sample_input(const PlaneKernels<T>& kernels, const std::vector<PartView
   return scratch;
 }
 
+// y_n (Co x P) = W (Co x Ci) . x_n, x_n as sample_input gave it (packed or plain rows), and the
+// sums of each of y_n's planes (into s1[c], s2[c]) while they are in cache.
+template <typename T>
+void multiply_and_sum(const PlaneKernels<T>& kernels, bool packed, const T* w, int64_t Ci, const T* xn, T* yn,
+                      int64_t P, int64_t Co, T* panel, double* s1, double* s2) {
+  if (packed)
+    kernels.matmul_packed(w, Ci, xn, yn, P, Co, Ci, P);
+  else
+    gemm(kernels, w, Ci, xn, P, false, false, yn, P, Co, Ci, P, panel);
+  for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[c], &s2[c]);
+}
+
 void check_weight(const at::Tensor& weight, int64_t channels, at::ScalarType dtype, const char* op) {
   TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(1) == channels, op,
               ": weight must be (C_out, ", channels, ", 1, 1), got ", weight.sizes());
@@ -179,11 +191,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> forward_each(const 
         for (size_t i = 0; i < W; ++i) {
           const int64_t Co = weights[i].size(0);
           scalar_t* yn = ys[i].data_ptr<scalar_t>() + n * Co * P;
-          if (packed)
-            kernels.matmul_packed(weights[i].data_ptr<scalar_t>(), Ci, xn, yn, P, Co, Ci, P);
-          else
-            gemm(kernels, weights[i].data_ptr<scalar_t>(), Ci, xn, P, false, false, yn, P, Co, Ci, P, panel.data());
-          for (int64_t c = 0; c < Co; ++c) kernels.sums(yn + c * P, nullptr, P, &s1[i][n * Co + c], &s2[i][n * Co + c]);
+          multiply_and_sum(kernels, packed, weights[i].data_ptr<scalar_t>(), Ci, xn, yn, P, Co, panel.data(),
+                           &s1[i][n * Co], &s2[i][n * Co]);
         }
       }
     });
@@ -236,15 +245,8 @@ at::Tensor factorized_reduce_bn_forward(at::TensorList even_in, at::TensorList o
         for (int h = 0; h < 2; ++h) {
           const scalar_t* xn =
               sample_input(kernels, halves[h], offsets, n, P, relu_input, packed, scratch.data(), plane.data());
-          scalar_t* yn = yp + (n * Co + first[h]) * P;
-          if (packed)
-            kernels.matmul_packed(weights[h], Ci, xn, yn, P, rows[h], Ci, P);
-          else
-            gemm(kernels, weights[h], Ci, xn, P, false, false, yn, P, rows[h], Ci, P, panel.data());
-          for (int64_t c = 0; c < rows[h]; ++c) {
-            const int64_t i = n * Co + first[h] + c;
-            kernels.sums(yp + i * P, nullptr, P, &s1[i], &s2[i]);
-          }
+          const int64_t i = n * Co + first[h];
+          multiply_and_sum(kernels, packed, weights[h], Ci, xn, yp + i * P, P, rows[h], panel.data(), &s1[i], &s2[i]);
         }
     });
     std::vector<double> mean(G * Co), rstd(G * Co);
