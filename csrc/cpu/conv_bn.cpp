@@ -213,6 +213,8 @@ at::Tensor relu_conv_bn_forward(const at::Tensor& x_in, const at::Tensor& w_in, 
   const int64_t Co = w_in.size(0), Po = g.Ho * g.Wo;
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
   at::Tensor y = at::empty({N, Co, g.Ho, g.Wo}, x.options());
+  // (natfast/ops/backends/cpu.py, _supports_relu_conv_bn, sends this case here at any width: keep
+  // the two conditions the same.)
   const bool winograd = g.k == 3 && stride == 1 && H % 2 == 0 && W % 2 == 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_relu_conv_bn_forward", [&] {
     const auto& kernels = plane_kernels<scalar_t>();

@@ -300,7 +300,7 @@ def _supports_relu_conv_bn(x, weight, stride, groups, eps) -> bool:
     k = weight.shape[-1]
     if _recording(x, weight) or not _plain(x) or weight.dtype != x.dtype or k > _MAX_KERNEL or stride not in (1, 2):
         return False
-    winograd = k == 3 and stride == 1 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+    winograd = k == 3 and stride == 1 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0  # as csrc/cpu/conv_bn.cpp
     out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
     return (winograd or x.shape[1] <= 32) and (min(groups) if groups else x.shape[0]) * out > 1
 
