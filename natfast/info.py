@@ -36,6 +36,8 @@ def collect() -> Dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
         "cpu_capability": module.cpu_capability() if module is not None and hasattr(module, "cpu_capability") else None,
         "threads": torch.get_num_threads(),
+        "cpu_kernels_threaded": (module.cpu_kernels_threaded() if module is not None
+                                 and hasattr(module, "cpu_kernels_threaded") else None),
         "extension": ext_status,
         "backends": dict(status),
         "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
@@ -75,7 +77,8 @@ def _version() -> str:
 
 def format_text(info: Dict[str, Any]) -> str:
     lines = [f"natfast {info['natfast_version']}  torch {info['torch']} (CUDA {info['torch_cuda']})  python {info['python']}",
-             f"GPU: {info['gpu'] or 'none'}   CPU threads: {info['threads']}   CPU SIMD: {info['cpu_capability']}",
+             f"GPU: {info['gpu'] or 'none'}   CPU threads: {info['threads']}   CPU SIMD: {info['cpu_capability']}"
+             + ("   (C++ kernels built without OpenMP: one thread)" if info["cpu_kernels_threaded"] is False else ""),
              f"extension: {info['extension']}"]
     lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
     lines.append(f"executor: {info['executor']}")

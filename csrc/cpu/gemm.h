@@ -9,6 +9,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include <ATen/Config.h>
+
 #include "cpu/plane_kernels.h"
 
 namespace natfast {
@@ -22,7 +24,11 @@ namespace cpu {
 //          ops, one sample a call at the supernet's shapes (C 20-144, 8x8-32x32, batch 64, one
 //          thread, bench/RESULTS.md): the AVX2 kernel 0.95-1.17x MKL's speed, most often ~1.05x;
 //          on weight gradients 0.7x (a 20-channel row of columns leaves a scalar tail over 1024).
-//          Without AVX2 (scalar kernels) the BLAS everywhere.
+//          Without AVX2 (the 128-bit or scalar kernels, measured on no CPU against its BLAS) the
+//          BLAS everywhere.
+//          In a build without OpenMP threads (cpu_kernels_threaded() false) natfast's kernel
+//          everywhere: there the BLAS, called from one thread, threads itself, and its sums then
+//          depend on the thread count (inside natfast's parallel region it runs on one thread).
 //   1: the BLAS wherever it is found;  0: natfast's kernel everywhere (tests cover all of them).
 // Integer arguments are passed as pointers to 64-bit values: on a little-endian CPU an LP64 BLAS
 // (32-bit integers, torch's usual MKL) reads their low half and an ILP64 one the whole value, the
@@ -35,7 +41,11 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "BLAS integer passing a
 template <typename T>
 inline FortranGemm<T> find_blas() {
   const char* name = std::is_same<T, float>::value ? "sgemm_" : "dgemm_";
+#ifdef __APPLE__
+  void* torch_cpu = dlopen("libtorch_cpu.dylib", RTLD_LAZY | RTLD_NOLOAD);
+#else
   void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+#endif
   void* fn = torch_cpu != nullptr ? dlsym(torch_cpu, name) : nullptr;
   if (fn == nullptr) fn = dlsym(RTLD_DEFAULT, name);
   return reinterpret_cast<FortranGemm<T>>(fn);
@@ -48,7 +58,11 @@ inline FortranGemm<T> blas_for(const PlaneKernels<T>& kernels, bool b_transposed
   const char* setting = std::getenv("NATFAST_CPU_BLAS");
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return nullptr;
   if (setting != nullptr && std::strcmp(setting, "1") == 0) return found;
-  return kernels.vector_width > 1 && !b_transposed ? nullptr : found;
+#if defined(_OPENMP) || !AT_PARALLEL_OPENMP
+  return kernels.vector_width >= 8 && !b_transposed ? nullptr : found;
+#else
+  return nullptr;
+#endif
 }
 
 // C (M x P) = A (M x K) . B (or C += that, with accumulate), row-major; B is K x P, or P x K when

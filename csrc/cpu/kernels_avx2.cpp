@@ -34,7 +34,7 @@ const PlaneKernels<float>& kernels_float() {
 #pragma GCC pop_options
 #endif
 
-#else  // no AVX2 on this architecture: the portable kernels stand in (use_avx2() is false anyway).
+#else  // no AVX2 on this architecture: never picked (see cpu_features.h); the portable kernels stand in.
 
 namespace natfast {
 namespace cpu {

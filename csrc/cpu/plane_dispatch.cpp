@@ -33,7 +33,11 @@ PlaneGeometry plane_geometry(int64_t H, int64_t W, int64_t k, int64_t stride, in
 
 template <>
 const PlaneKernels<float>& plane_kernels<float>() {
-  return use_avx2() ? avx2::kernels_float() : portable::kernels_float();
+  switch (capability_level()) {
+    case Capability::kAvx2: return avx2::kernels_float();
+    case Capability::kVec128: return vec128::kernels_float();
+    default: return portable::kernels_float();
+  }
 }
 
 template <>
@@ -45,7 +49,7 @@ const PlaneKernels<double>& plane_kernels<double>() {
 }  // namespace natfast
 
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
-  // "avx2" or "portable": the instruction set the CPU kernels run with (as natfast._C.cpu_capability(),
+  // "avx2", "vec128" or "portable": the instruction set the CPU kernels run with (as natfast._C.cpu_capability(),
   // but reachable from a development build loaded with torch.ops.load_library too).
   m.def("cpu_capability() -> str", &natfast::cpu::capability);
 }

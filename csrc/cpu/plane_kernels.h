@@ -1,7 +1,7 @@
 #pragma once
 // Per-plane CPU kernels (one (sample, channel) plane of an NCHW tensor at a time) and the run-time
-// choice between their AVX2/FMA build (kernels_avx2.cpp) and their portable build
-// (kernels_portable.cpp). The operators (depthwise.cpp, pool.cpp, batch_norm.cpp) loop over planes
+// choice between their AVX2/FMA build (kernels_avx2.cpp), their 128-bit build (kernels_vec128.cpp)
+// and their portable build (kernels_portable.cpp). The operators (depthwise.cpp, pool.cpp, batch_norm.cpp) loop over planes
 // with at::parallel_for and call these through a PlaneKernels table.
 //
 // Every window kernel works on a zero- (or -inf-) padded copy of the plane held in scratch buffers
@@ -93,12 +93,16 @@ struct PlaneKernels {
 namespace avx2 {
 const PlaneKernels<float>& kernels_float();
 }
+namespace vec128 {
+const PlaneKernels<float>& kernels_float();
+}
 namespace portable {
 const PlaneKernels<float>& kernels_float();
 const PlaneKernels<double>& kernels_double();
 }  // namespace portable
 
-// The table for this CPU (AVX2 when available and not disabled, see cpu_features.h).
+// The table for this CPU (the best instruction set it has and NATFAST_CPU_CAPABILITY allows, see
+// cpu_features.h).
 template <typename T>
 const PlaneKernels<T>& plane_kernels();
 template <>

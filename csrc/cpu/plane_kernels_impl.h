@@ -1,6 +1,7 @@
 #pragma once
 // The plane kernels, written once against a vector type V (simd.h) and compiled once per
-// instruction set: kernels_avx2.cpp (V = VecAvx2f) and kernels_portable.cpp (V = VecScalar<T>).
+// instruction set: kernels_avx2.cpp (V = VecAvx2f), kernels_vec128.cpp (V = Vec128f) and
+// kernels_portable.cpp (V = VecScalar<T>).
 // Internal linkage throughout (see simd.h). Buffer layout and invariants: plane_kernels.h.
 #include <cstring>
 

@@ -1,9 +1,12 @@
 #pragma once
-// The vector types the plane kernels are written against: VecScalar<T> (one lane, any CPU) and,
+// The vector types the plane kernels are written against: VecScalar<T> (one lane, any CPU);
 // in the translation unit compiled for AVX2 (NATFAST_SIMD_AVX2 defined under
-// `#pragma GCC target("avx2,fma")`), VecAvx2f (8 floats). Internal linkage on purpose: an inline
-// function compiled with AVX2 enabled must never be merged with, and picked for, the portable build.
+// `#pragma GCC target("avx2,fma")`), VecAvx2f (8 floats); and in kernels_vec128.cpp
+// (NATFAST_SIMD_VEC128), Vec128f (4 floats in the compiler's generic vectors: NEON on ARM, SSE on
+// x86, for CPUs without AVX2). Internal linkage on purpose: an inline function compiled with AVX2
+// enabled must never be merged with, and picked for, another build.
 #include <cstdint>
+#include <cstring>
 #ifdef NATFAST_SIMD_AVX2
 #include <immintrin.h>
 #endif
@@ -80,6 +83,46 @@ struct VecAvx2f {
     const __m256 lo = _mm256_unpacklo_ps(even.v, odd.v), hi = _mm256_unpackhi_ps(even.v, odd.v);
     a->v = _mm256_permute2f128_ps(lo, hi, 0x20);
     b->v = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
+};
+#endif
+
+#ifdef NATFAST_SIMD_VEC128
+// GCC's and clang's vector extensions (Apple clang's too): one source for NEON and SSE. The
+// compiler picks the instructions; a * b + c becomes one fused multiply-add where the target has it
+// (NEON's fmla), as in VecAvx2f.
+struct Vec128f {
+  typedef float Native __attribute__((vector_size(16)));
+  typedef int32_t Mask __attribute__((vector_size(16)));  // all ones where true, as compares give
+  using Scalar = float;
+  static constexpr int64_t width = 4;
+  Native v;
+  static Vec128f load(const float* p) {
+    Vec128f r;
+    std::memcpy(&r.v, p, sizeof(r.v));  // unaligned: compiles to one vector load
+    return r;
+  }
+  static Vec128f set1(float a) { return {Native{a, a, a, a}}; }
+  static Vec128f zero() { return {Native{0.f, 0.f, 0.f, 0.f}}; }
+  void store(float* p) const { std::memcpy(p, &v, sizeof(v)); }
+  static Vec128f fmadd(Vec128f a, Vec128f b, Vec128f c) { return {a.v * b.v + c.v}; }
+  static Vec128f add(Vec128f a, Vec128f b) { return {a.v + b.v}; }
+  static Vec128f sub(Vec128f a, Vec128f b) { return {a.v - b.v}; }
+  static Vec128f mul(Vec128f a, Vec128f b) { return {a.v * b.v}; }
+  // b when either is NaN (like maxps and VecScalar::max).
+  static Vec128f max(Vec128f a, Vec128f b) { return select(gt(a, b), a, b); }
+  static Mask gt(Vec128f a, Vec128f b) { return (Mask)(a.v > b.v); }
+  static Mask eq(Vec128f a, Vec128f b) { return (Mask)(a.v == b.v); }
+  static Vec128f masked(Mask m, Vec128f a) { return {(Native)(m & (Mask)a.v)}; }
+  static Vec128f select(Mask m, Vec128f a, Vec128f b) { return {(Native)((m & (Mask)a.v) | (~m & (Mask)b.v))}; }
+  static float hsum(Vec128f a) { return (a.v[0] + a.v[2]) + (a.v[1] + a.v[3]); }
+  static void deinterleave(Vec128f a, Vec128f b, Vec128f* even, Vec128f* odd) {
+    even->v = Native{a.v[0], a.v[2], b.v[0], b.v[2]};
+    odd->v = Native{a.v[1], a.v[3], b.v[1], b.v[3]};
+  }
+  static void interleave(Vec128f even, Vec128f odd, Vec128f* a, Vec128f* b) {
+    a->v = Native{even.v[0], odd.v[0], even.v[1], odd.v[1]};
+    b->v = Native{even.v[2], odd.v[2], even.v[3], odd.v[3]};
   }
 };
 #endif
