@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def _compiles(compiler: str, compile_flags, link_flags) -> bool:
         src = os.path.join(tmp, "probe.cpp")
         with open(src, "w") as fh:
             fh.write(_OPENMP_PROBE)
-        cmd = [compiler, *compile_flags, src, "-o", os.path.join(tmp, "probe"), *link_flags]
+        cmd = [*shlex.split(compiler), *compile_flags, src, "-o", os.path.join(tmp, "probe"), *link_flags]
         try:
             return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
         except OSError:
