@@ -279,6 +279,9 @@ cases = [(lambda x, w: cpu.relu_dwconv_cpu(x, w, 2, 1), lambda x, w: relu_dwconv
 for kind in ("max", "avg"):
     cases.append((lambda x, w, k=kind: cpu.pool2d_cpu(x * w, k, 3, 2),
                   lambda x, w, k=kind: pool2d_reference(x * w, k, 3, 2), (1, 3, 1, 1)))
+from natfast.ops.conv import relu_conv2d_reference
+cases.append((lambda x, w: cpu.ReluConv3x3Winograd.apply(x[:, :, :12, :10], w),
+              lambda x, w: relu_conv2d_reference(x[:, :, :12, :10], w, 1), (5, 3, 3, 3)))
 for fast, ref, w_shape in cases:
     w = torch.randn(w_shape)
     g = torch.randn_like(ref(x, w))
@@ -741,6 +744,52 @@ def test_factorized_reduce_bn_bad_input_is_a_clear_error():
     with pytest.raises(RuntimeError, match="same shapes and dtype"):
         torch.ops.natfast.cpu_factorized_reduce_bn_forward([x[:, :, ::2, ::2]], [x[:, :, 1::2, 1::3]], w, w, [], 1e-5,
                                                            True)
+
+# ----------------------------------------------------------------- training: conv_3x3 by Winograd
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_conv2d_winograd_equals_reference_forward_and_backward(dtype):
+    """k = 3, stride 1, even sizes: Winograd's F(2x2, 3x3) forward and input gradient (the weight
+    flipped and transposed), oneDNN's weight gradient; more outputs than inputs and fewer, blocks
+    of tiles spanning samples, a 2 x 4 plane, a non-contiguous input, both oneDNN layouts (C <= 32
+    channels-last, above NCHW)."""
+    from natfast.ops.conv import relu_conv2d, relu_conv2d_reference
+    gen = torch.Generator().manual_seed(21)
+    for n, c, c_out, h, w in [(3, 5, 7, 8, 6), (2, 20, 20, 32, 32), (2, 40, 24, 16, 16), (1, 3, 2, 2, 4)]:
+        x = _random((n, c, h, w + 2), dtype, gen)[:, :, :, 1:-1].requires_grad_()
+        weight = _random((c_out, c, 3, 3), dtype, gen).requires_grad_()
+        g = _random((n, c_out, h, w), dtype, gen)
+        assert cpu_backend._winograd_fits(x, weight, 1)
+        y = cpu_backend.relu_conv2d_cpu(x, weight, 1)
+        gx, gw = torch.autograd.grad(y, (x, weight), g)
+        ref = relu_conv2d_reference(x, weight, 1)
+        rx, rw = torch.autograd.grad(ref, (x, weight), g)
+        torch.testing.assert_close(y, ref, **TOL[dtype])
+        torch.testing.assert_close(gx, rx, **TOL[dtype])
+        torch.testing.assert_close(gw, rw, rtol=TOL[dtype]["rtol"], atol=10 * TOL[dtype]["atol"])
+        if dtype == torch.float32:  # the dispatched op takes it at every width
+            with dispatch.recording() as used:
+                relu_conv2d(x, weight, 1)
+            assert used["relu_conv2d"] == {"cpu"}
+    x = _random((2, 3, 4, 6), torch.float64, gen).requires_grad_()
+    weight = _random((4, 3, 3, 3), torch.float64, gen).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: cpu_backend.ReluConv3x3Winograd.apply(a, b), (x, weight))
+
+
+@needs_kernels
+def test_relu_conv2d_winograd_declines_what_it_cannot_do_and_bad_input_is_a_clear_error():
+    x, weight = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    assert cpu_backend._winograd_fits(x, weight, 1)
+    assert not cpu_backend._winograd_fits(x, weight, 2)
+    assert not cpu_backend._winograd_fits(x[:, :, :7], weight, 1)
+    assert not cpu_backend._winograd_fits(x, torch.randn(4, 3, 5, 5), 1)
+    with pytest.raises(RuntimeError, match="height and width must be even"):
+        torch.ops.natfast.cpu_conv3x3_winograd(x[:, :, :7].contiguous(), weight, True)
+    with pytest.raises(RuntimeError, match=r"weight must be \(C_out, 3, 3, 3\)"):
+        torch.ops.natfast.cpu_conv3x3_winograd(x, torch.randn(4, 2, 3, 3), True)
+    with pytest.raises(RuntimeError, match="differs from the input's"):
+        torch.ops.natfast.cpu_conv3x3_winograd(x, weight.double(), True)
+
 
 # ----------------------------------------------------------------- scoring: relu_conv_bn (conv_kxk)
 @needs_kernels

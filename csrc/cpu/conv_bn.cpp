@@ -89,32 +89,33 @@ void fill_phases(const PlaneKernels<T>& kernels, const T* x, const PhasePlanes& 
     }
 }
 
-// relu(x) of one channel (H x W, W even) into the two column phases of its plane zero-padded by
-// one, as winograd_input reads it (plane_kernels.h): rows 0 .. H + 1, each W / 2 + 1 wide. Only
-// in-image values are written: the padding, zeroed once, stays zero for every sample.
+// relu(x) (or x) of one channel (H x W, W even) into the two column phases of its plane
+// zero-padded by one, as winograd_input reads it (plane_kernels.h): rows 0 .. H + 1, each W / 2 + 1
+// wide. Only in-image values are written: the padding, zeroed once, stays zero for every sample.
 template <typename T>
-void fill_column_phases(const PlaneKernels<T>& kernels, const T* x, int64_t H, int64_t W, T* even, T* odd) {
+void fill_column_phases(const PlaneKernels<T>& kernels, const T* x, int64_t H, int64_t W, bool relu, T* even,
+                        T* odd) {
   const int64_t half = W / 2, rs = half + 1;
   for (int64_t iy = 0; iy < H; ++iy) {
     const T* row = x + iy * W;
     T* e = even + (iy + 1) * rs;
     T* o = odd + (iy + 1) * rs;
-    kernels.pick_even(row, o, half, true);  // padded column 2c + 1: input column 2c
+    kernels.pick_even(row, o, half, relu);  // padded column 2c + 1: input column 2c
     // Padded column 2c: input column 2c - 1. pick_even would read one past the row for the last.
-    kernels.pick_even(row + 1, e + 1, half - 1, true);
-    e[half] = row[W - 1] > T(0) ? row[W - 1] : T(0);
+    kernels.pick_even(row + 1, e + 1, half - 1, relu);
+    e[half] = !relu || row[W - 1] > T(0) ? row[W - 1] : T(0);
   }
 }
 
-// conv2d(relu(x), w) for k = 3, stride 1, H and W even, by Winograd's F(2x2, 3x3): per block of
-// 2 x 2 output tiles, the 16 transformed inputs (C_in x tiles each), 16 GEMMs with the transformed
-// weight (C_out x C_in each) and the inverse transform into y: 2.25x fewer multiplications than
-// the direct GEMM, the transforms being additions. Blocks of tiles keep the transformed inputs
-// and the GEMMs' outputs within about 128 KB each; at small planes a block spans several samples.
-// Also each plane's sums for the BN (s1, s2).
+// conv2d(relu(x), w) (conv2d(x, w) without relu) for k = 3, stride 1, H and W even, by Winograd's
+// F(2x2, 3x3): per block of 2 x 2 output tiles, the 16 transformed inputs (C_in x tiles each), 16
+// GEMMs with the transformed weight (C_out x C_in each) and the inverse transform into y: 2.25x
+// fewer multiplications than the direct GEMM, the transforms being additions. Blocks of tiles keep
+// the transformed inputs and the GEMMs' outputs within about 128 KB each; at small planes a block
+// spans several samples. Also each plane's sums for the BN (s1, s2), unless they are null.
 template <typename T>
 void winograd_conv(const PlaneKernels<T>& kernels, const T* x, const T* w, T* y, int64_t N, int64_t Ci,
-                   int64_t Co, int64_t H, int64_t W, std::vector<double>& s1, std::vector<double>& s2) {
+                   int64_t Co, int64_t H, int64_t W, bool relu, double* s1, double* s2) {
   const int64_t Th = H / 2, Tw = W / 2, rs = Tw + 1, plane = (H + 2) * rs, P = H * W;
   // U[xi] (C_out x C_in) = G g G^T, G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], per (co, ci).
   std::vector<T> U(16 * Co * Ci);
@@ -142,7 +143,7 @@ void winograd_conv(const PlaneKernels<T>& kernels, const T* x, const T* w, T* y,
       for (int64_t s = 0; s < samples; ++s)
         for (int64_t ci = 0; ci < Ci; ++ci) {
           T* even = phases.data() + (s * Ci + ci) * 2 * plane;
-          fill_column_phases(kernels, x + ((n0 + s) * Ci + ci) * P, H, W, even, even + plane);
+          fill_column_phases(kernels, x + ((n0 + s) * Ci + ci) * P, H, W, relu, even, even + plane);
         }
       for (int64_t q0 = 0; q0 < rows; q0 += block_rows) {
         const int64_t count = std::min(block_rows, rows - q0), tiles = count * Tw;
@@ -159,7 +160,8 @@ void winograd_conv(const PlaneKernels<T>& kernels, const T* x, const T* w, T* y,
             kernels.winograd_output(M.data() + co * tiles + (q - q0) * Tw, Co * tiles,
                                     y + ((n0 + q / Th) * Co + co) * P + 2 * (q % Th) * W, W, Tw);
       }
-      for (int64_t i = n0 * Co; i < (n0 + samples) * Co; ++i) kernels.sums(y + i * P, nullptr, P, &s1[i], &s2[i]);
+      if (s1 != nullptr)
+        for (int64_t i = n0 * Co; i < (n0 + samples) * Co; ++i) kernels.sums(y + i * P, nullptr, P, &s1[i], &s2[i]);
     }
   });
 }
@@ -223,7 +225,7 @@ at::Tensor relu_conv_bn_forward(const at::Tensor& x_in, const at::Tensor& w_in, 
     scalar_t* yp = y.data_ptr<scalar_t>();
     std::vector<double> s1(N * Co), s2(N * Co);
     if (winograd)
-      winograd_conv(kernels, xp, wp, yp, N, Ci, Co, H, W, s1, s2);
+      winograd_conv(kernels, xp, wp, yp, N, Ci, Co, H, W, true, s1.data(), s2.data());
     else
       direct_conv(kernels, xp, wp, yp, N, Ci, Co, g, s1, s2);
     std::vector<double> mean(G * Co), rstd(G * Co);
@@ -232,14 +234,40 @@ at::Tensor relu_conv_bn_forward(const at::Tensor& x_in, const at::Tensor& w_in, 
   return y;
 }
 
+at::Tensor conv3x3_winograd(const at::Tensor& x_in, const at::Tensor& w_in, bool relu_input) {
+  const char* op = "cpu_conv3x3_winograd";
+  check_planes(x_in, op);
+  const int64_t N = x_in.size(0), Ci = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  TORCH_CHECK(w_in.dim() == 4 && w_in.size(1) == Ci && w_in.size(2) == 3 && w_in.size(3) == 3, op,
+              ": weight must be (C_out, ", Ci, ", 3, 3), got ", w_in.sizes());
+  TORCH_CHECK(w_in.scalar_type() == x_in.scalar_type(), op, ": weight dtype ", w_in.scalar_type(),
+              " differs from the input's ", x_in.scalar_type());
+  TORCH_CHECK(H % 2 == 0 && W % 2 == 0, op, ": height and width must be even (2 x 2 output tiles), got ", H,
+              " x ", W);
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous();
+  at::Tensor y = at::empty({N, w.size(0), H, W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cpu_conv3x3_winograd", [&] {
+    winograd_conv(plane_kernels<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                  N, Ci, w.size(0), H, W, relu_input, nullptr, nullptr);
+  });
+  return y;
+}
+
 }  // namespace cpu
 }  // namespace natfast
 
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
+  // y = conv2d(relu(x) if relu_input else x, weight, stride 1, padding 1), weight (C_out, C_in, 3, 3),
+  // H and W even: the training path's conv_3x3 forward, and its input gradient (the same
+  // convolution of the output gradient, the weight flipped and transposed, relu_input false).
+  m.def("cpu_conv3x3_winograd(Tensor x, Tensor weight, bool relu_input) -> Tensor");
   // y = BN(conv2d(relu(x), weight, stride, padding k / 2)), forward only; weight (C_out, C_in, k, k),
   // k odd; BN without affine parameters, batch statistics per group of consecutive samples (groups:
   // sizes adding up to N; empty: one group).
   m.def("cpu_relu_conv_bn_forward(Tensor x, Tensor weight, int stride, int[] groups, float eps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(natfast, CPU, m) { m.impl("cpu_relu_conv_bn_forward", &natfast::cpu::relu_conv_bn_forward); }
+TORCH_LIBRARY_IMPL(natfast, CPU, m) {
+  m.impl("cpu_relu_conv_bn_forward", &natfast::cpu::relu_conv_bn_forward);
+  m.impl("cpu_conv3x3_winograd", &natfast::cpu::conv3x3_winograd);
+}

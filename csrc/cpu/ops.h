@@ -56,9 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dwconv_pointwise_bn_forward(
     const at::Tensor& dw_weight, const at::Tensor& pw_weight, int64_t stride, int64_t dilation, at::IntArrayRef groups,
     double eps, bool normalize);
 
-// conv_bn.cpp (forward only)
+// conv_bn.cpp (forward only; conv3x3_winograd also serves as its own input gradient)
 at::Tensor relu_conv_bn_forward(const at::Tensor& x, const at::Tensor& weight, int64_t stride, at::IntArrayRef groups,
                                 double eps);
+at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight, bool relu_input);
 
 }  // namespace cpu
 }  // namespace natfast

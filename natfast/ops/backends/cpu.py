@@ -2,8 +2,8 @@
 registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_batch_norm`,
 `pool_bn`, `conv1x1_bn` and `cat_conv1x1_bn` (natfast/ops/fused.py); `cat_conv1x1_bn_each`,
 `factorized_reduce_bn`, `relu_conv_bn`, `dil_conv_bn` and `sep_conv_bn` when autograd is not recording
-(scoring); and `conv1x1` and `relu_conv2d` through torch (no compiled code: registered even
-without the extension).
+(scoring); and `conv1x1` and `relu_conv2d` through torch (registered even without the extension;
+relu_conv2d's k = 3, stride-1 case runs the extension's Winograd kernel where it is built).
 
 The kernels take contiguous NCHW float32 (AVX2/FMA or portable, chosen at run time) or float64
 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
@@ -12,6 +12,7 @@ NATFAST_BACKEND=reference switches them off.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence
 
 import torch
@@ -153,10 +154,43 @@ class Conv1x1(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+class ReluConv3x3Winograd(torch.autograd.Function):
+    """relu_conv2d for k = 3, stride 1, even sizes, by Winograd's F(2x2, 3x3) (csrc/cpu/conv_bn.cpp).
+    The input gradient is the same kind of convolution, of the output gradient with the weight
+    transposed and flipped, then masked by the ReLU; the weight gradient is oneDNN's alone."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        x = x.contiguous()
+        ctx.save_for_backward(x, weight)
+        return torch.ops.natfast.cpu_conv3x3_winograd(x, weight, True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.transpose(0, 1).flip(2, 3)
+            grad_r = torch.ops.natfast.cpu_conv3x3_winograd(grad_y.contiguous(), flipped, False)
+            grad_x = torch.ops.aten.threshold_backward(grad_r, x, 0)  # where x > 0, as F.relu's backward
+        if ctx.needs_input_grad[1]:
+            # Channels-last is oneDNN's faster layout up to 32 channels (as relu_conv2d_cpu).
+            layout = torch.channels_last if x.shape[1] <= 32 else torch.contiguous_format
+            grad_w = torch.ops.aten.convolution_backward(
+                grad_y.contiguous(memory_format=layout), F.relu(x).contiguous(memory_format=layout),
+                weight.contiguous(memory_format=layout), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [False, True, False])[1].contiguous()
+        return grad_x, grad_w
+
+
 def relu_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """oneDNN's dense convolution is faster channels-last at the supernet's narrowest width (1.6x
-    at C=20, 32x32, forward+backward, conversions included; bench/RESULTS.md); the result goes
-    back to NCHW, which the other CPU kernels take."""
+    """Winograd's F(2x2, 3x3) for the normal cells' conv_3x3 (k = 3, stride 1, even sizes; 1.25-1.7x
+    forward+backward, bench/RESULTS.md); otherwise oneDNN's dense convolution, which is faster
+    channels-last at the supernet's narrowest width (1.6x at C=20, 32x32, forward+backward,
+    conversions included); the result goes back to NCHW, which the other CPU kernels take."""
+    if _winograd_fits(x, weight, stride):
+        return ReluConv3x3Winograd.apply(x, weight)
     x = F.relu(x.contiguous(memory_format=torch.channels_last))
     w = weight.contiguous(memory_format=torch.channels_last)
     return F.conv2d(x, w, None, stride, weight.shape[-1] // 2).contiguous()
@@ -237,9 +271,23 @@ def _supports_relu_dwconv(x, weight, stride, dilation) -> bool:
             and stride in (1, 2) and dilation >= 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _has_winograd() -> bool:
+    return _ext.has_op("cpu_conv3x3_winograd")
+
+
+def _winograd_fits(x, weight, stride) -> bool:
+    """Whether cpu_conv3x3_winograd takes this relu_conv2d (as its checks in csrc/cpu/conv_bn.cpp)."""
+    return (stride == 1 and weight.dim() == 4 and tuple(weight.shape[1:]) == (x.shape[1], 3, 3)
+            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and _has_winograd())
+
+
 def _supports_relu_conv2d(x, weight, stride=1) -> bool:
-    # Measured: 1.6x at C_in = 20, none at 40 or 80 (bench/RESULTS.md).
-    return _plain(x) and x.dtype == torch.float32 and weight.dtype == x.dtype and x.shape[1] <= 32
+    # Measured (bench/RESULTS.md): Winograd at every width; oneDNN channels-last 1.6x at C_in = 20,
+    # none at 40 or 80.
+    if not (_plain(x) and x.dtype == torch.float32 and weight.dtype == x.dtype):
+        return False
+    return x.shape[1] <= 32 or _winograd_fits(x, weight, stride)
 
 
 def _supports_conv1x1(x, weight, stride=1) -> bool:
