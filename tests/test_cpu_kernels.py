@@ -745,6 +745,7 @@ def test_factorized_reduce_bn_bad_input_is_a_clear_error():
         torch.ops.natfast.cpu_factorized_reduce_bn_forward([x[:, :, ::2, ::2]], [x[:, :, 1::2, 1::3]], w, w, [], 1e-5,
                                                            True)
 
+
 # ----------------------------------------------------------------- training: conv_3x3 by Winograd
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,8 +1,8 @@
 #pragma once
 // Per-plane CPU kernels (one (sample, channel) plane of an NCHW tensor at a time) and the run-time
 // choice between their AVX2/FMA build (kernels_avx2.cpp), their 128-bit build (kernels_vec128.cpp)
-// and their portable build (kernels_portable.cpp). The operators (depthwise.cpp, pool.cpp, batch_norm.cpp) loop over planes
-// with at::parallel_for and call these through a PlaneKernels table.
+// and their portable build (kernels_portable.cpp). The operators (depthwise.cpp, pool.cpp,
+// batch_norm.cpp) loop over planes with at::parallel_for and call these through a PlaneKernels table.
 //
 // Every window kernel works on a zero- (or -inf-) padded copy of the plane held in scratch buffers
 // whose rows are long enough for whole vectors to run past the row end: no bounds checks inside
