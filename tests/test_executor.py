@@ -110,6 +110,17 @@ def test_all_outputs_dead_gives_the_bias():
     assert_same(net, genotype, torch.randn(2, 3, 8, 8, dtype=torch.float64), TOL[torch.float64])
 
 
+def test_conv_3x3_by_winograd_on_both_sides():
+    """Every edge conv_3x3, float32, natfast's kernels: on even sizes both sides run Winograd's
+    F(2x2, 3x3) for the stride-1 convolutions (forward and input gradient), oneDNN elsewhere."""
+    family = get_family("darts")
+    cell = [("conv_3x3", f, t) for t in range(2, 6) for f in (t - 2, t - 1)]
+    genotype = Genotype(normal=cell, normal_concat=[2, 3, 4, 5], reduce=cell, reduce_concat=[2, 3, 4, 5])
+    torch.manual_seed(3)
+    net = Supernet(family, channels=6, layers=3)
+    assert_same(net, genotype, torch.randn(3, 3, 16, 16), TOL[torch.float32], "auto")
+
+
 @pytest.mark.parametrize("backend", ["reference", "auto"])
 def test_batch_of_one(backend):
     family = get_family("enas")

@@ -72,6 +72,28 @@ struct PoolBn : public torch::autograd::Function<PoolBn> {
   }
 };
 
+// relu_conv2d by Winograd (as ReluConv3x3Winograd in natfast/ops/backends/cpu.py): the input
+// gradient is the same convolution of the output gradient with the weight transposed and flipped,
+// masked by the ReLU; the weight gradient is ATen's (oneDNN's) alone, channels-last up to 32 channels.
+struct ReluConv3x3Winograd : public torch::autograd::Function<ReluConv3x3Winograd> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& weight) {
+    const at::Tensor x = x_in.contiguous();
+    ctx->save_for_backward({x, weight});
+    return cpu::conv3x3_winograd(x, weight, true);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &weight = s[1], grad_y = grads[0].contiguous();
+    const at::Tensor flipped = weight.transpose(0, 1).flip({2, 3});
+    const at::Tensor grad_x = at::threshold_backward(cpu::conv3x3_winograd(grad_y, flipped, false), x, 0);
+    const auto layout = x.size(1) <= 32 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+    const at::Tensor grad_w = std::get<1>(at::convolution_backward(
+        grad_y.contiguous(layout), at::relu(x).contiguous(layout), weight.contiguous(layout), std::nullopt, {1, 1},
+        {1, 1}, {1, 1}, false, {0, 0}, 1, {false, true, false})).contiguous();
+    return {grad_x, grad_w};
+  }
+};
+
 struct BatchNorm : public torch::autograd::Function<BatchNorm> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
     auto [y, mean, rstd] = cpu::group_batch_norm_forward(x, kOneGroup, kEps);
@@ -103,6 +125,15 @@ at::Tensor pool_bn(const at::Tensor& x, const std::string& kind, int64_t kernel,
 }
 
 at::Tensor batch_norm(const at::Tensor& x) { return BatchNorm::apply(x); }
+
+bool winograd_fits(const at::Tensor& x, const at::Tensor& weight, int64_t stride) {
+  return x.scalar_type() == at::kFloat && stride == 1 && weight.size(2) == 3 && weight.size(3) == 3 &&
+         x.size(2) % 2 == 0 && x.size(3) % 2 == 0;
+}
+
+at::Tensor relu_conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight) {
+  return ReluConv3x3Winograd::apply(x, weight);
+}
 
 }  // namespace cpu_autograd
 }  // namespace executor

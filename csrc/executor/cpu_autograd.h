@@ -24,6 +24,10 @@ at::Tensor conv1x1_bn(const std::vector<at::Tensor>& parts, const at::Tensor& we
 at::Tensor pool_bn(const at::Tensor& x, const std::string& kind, int64_t kernel, int64_t stride);
 // BN (affine=False, batch statistics).
 at::Tensor batch_norm(const at::Tensor& x);
+// Whether relu_conv3x3_winograd takes this conv2d(relu(x), weight) with 'same' padding: float32 (as
+// the Python path's dispatch rule), k = 3, stride 1, even sizes.
+bool winograd_fits(const at::Tensor& x, const at::Tensor& weight, int64_t stride);
+at::Tensor relu_conv3x3_winograd(const at::Tensor& x, const at::Tensor& weight);
 
 }  // namespace cpu_autograd
 }  // namespace executor

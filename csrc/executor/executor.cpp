@@ -104,6 +104,8 @@ at::Tensor factorized_reduce(const std::vector<at::Tensor>& parts, const at::Ten
 at::Tensor relu_conv_bn(const at::Tensor& x, const at::Tensor& w, int64_t stride, const Kernels& k) {
   const int64_t size = w.size(-1);
   if (size == 1 && stride == 1) return conv1x1_bn({x}, w, true, k);
+  if (k.take(x) && cpu_autograd::winograd_fits(x, w, stride))
+    return batch_norm(cpu_autograd::relu_conv3x3_winograd(x, w), k);
   return batch_norm(at::conv2d(at::relu(x), w, {}, stride, size / 2), k);
 }
 
