@@ -5,9 +5,9 @@ registered with dispatch as backend "cpu" for `relu_dwconv`, `pool2d`, `group_ba
 (scoring); and `conv1x1` and `relu_conv2d` through torch (registered even without the extension;
 relu_conv2d's k = 3, stride-1 case runs the extension's Winograd kernel where it is built).
 
-The kernels take contiguous NCHW float32 (AVX2/FMA, 128-bit vectors or portable, chosen at run time)
-or float64 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2) is declined
-through `supports` and runs the reference. `dispatch.use_backend("reference")` or
+The kernels take contiguous NCHW float32 (AVX2/FMA, 128-bit vectors or portable, chosen at run
+time) or float64 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2)
+is declined through `supports` and runs the reference. `dispatch.use_backend("reference")` or
 NATFAST_BACKEND=reference switches them off.
 """
 from __future__ import annotations
@@ -185,10 +185,11 @@ class ReluConv3x3Winograd(torch.autograd.Function):
 
 
 def relu_conv2d_cpu(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """Winograd's F(2x2, 3x3) for the normal cells' conv_3x3 (k = 3, stride 1, even sizes; 1.08-1.35x
-    forward+backward, the forward alone 1.4-2.5x, bench/RESULTS.md); otherwise oneDNN's dense convolution, which is faster
-    channels-last at the supernet's narrowest width (1.6x at C=20, 32x32, forward+backward,
-    conversions included); the result goes back to NCHW, which the other CPU kernels take."""
+    """Winograd's F(2x2, 3x3) for the normal cells' conv_3x3 (k = 3, stride 1, even sizes;
+    1.08-1.35x forward+backward, the forward alone 1.4-2.5x, bench/RESULTS.md); otherwise oneDNN's
+    dense convolution, which is faster channels-last at the supernet's narrowest width (1.6x at
+    C=20, 32x32, forward+backward, conversions included); the result goes back to NCHW, which the
+    other CPU kernels take."""
     if _winograd_fits(x, weight, stride):
         return ReluConv3x3Winograd.apply(x, weight)
     x = F.relu(x.contiguous(memory_format=torch.channels_last))
