@@ -13,6 +13,8 @@ number of architectures in one pass:
   with BN statistics per input (so each lane gets exactly what it would get alone);
 * null edges, edges from known-zero nodes (BN affine=False maps zeros to zeros) and nodes that
   cannot reach the cell output are never executed;
+* when scoring, a node's sum goes into one of its edge outputs where nothing else reads that output
+  (not into a new tensor);
 * on a CPU, lanes go through the cells a few at a time; when scoring (autograd records nothing),
   these chunks, which share nothing past the stem and its preprocessing (computed once for all),
   run side by side (natfast/lane_workers.py), and each cell output is read once by both cells that
@@ -24,7 +26,7 @@ import contextlib
 import functools
 import itertools
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -155,6 +157,9 @@ class Supernet(nn.Module):
     # the 4 x 4 policy step: 3 GB, and the page faults of fresh memory cost more than sharing
     # saves); a few at a time keep the working set small.
     LANES_AT_ONCE = 4
+    # When scoring, a node's sum may be written into one of its edge outputs (see _run_cell);
+    # False: always into a new tensor (bench/derive_breakdown.py compares the two).
+    SUMS_IN_PLACE = True
 
     def __init__(self, family: Family, channels: int = 20, layers: int = 8, num_classes: int = 10,
                  stem_multiplier: int = 3):
@@ -387,18 +392,27 @@ class Supernet(nn.Module):
                     wanted.setdefault((f, op), {})[v.uid] = v
                     lane_edges[lane].append((f, op, v))
             results: Dict[Tuple[int, str, int], Value] = {}
+            fresh = set()   # uids of edge outputs that are new tensors (not their input, as skips give)
             for (f, op), inputs in wanted.items():
                 module = cell.edges[edge_key(f, t)][op]
                 reqs = [(("edge", index, f, t, op, uid), v.tensor) for uid, v in inputs.items()]
                 vals = ctx.batched(("edge", index, f, t, op), reqs, lambda xs, groups, m=module: m(xs, groups))
-                for uid, v in zip(inputs, vals):
+                for (uid, given), v in zip(inputs.items(), vals):
                     results[(f, op, uid)] = v
-            for lane in range(len(genes)):
-                if t not in lives[lane]:
-                    continue
-                contribs = [results[(f, op, v.uid)] for f, op, v in lane_edges[lane]]
-                n = nodes[lane][0].n
-                nodes[lane][t] = ctx.node_sum(contribs, n)
+                    if not _same_storage(v.tensor, given.tensor):
+                        fresh.add(v.uid)
+            sums = {lane: [results[(f, op, v.uid)] for f, op, v in lane_edges[lane]]
+                    for lane in range(len(genes)) if t in lives[lane]}
+            # Edge outputs feed node t only, so one that is fresh and part of a single distinct sum
+            # may hold that sum (when nothing is recorded for a backward): no new tensor to write.
+            in_sums: Dict[int, set] = {}
+            for contribs in sums.values():
+                for v in contribs:
+                    in_sums.setdefault(v.uid, set()).add(tuple(sorted(u.uid for u in contribs)))
+            in_place = self.SUMS_IN_PLACE and not torch.is_grad_enabled()
+            reusable = {u for u in fresh if len(in_sums.get(u, ())) == 1} if in_place else set()
+            for lane, contribs in sums.items():
+                nodes[lane][t] = ctx.node_sum(contribs, nodes[lane][0].n, reusable)
         return [CellOutput(tuple(nodes[lane][s] for s in outs), tuple(s - 2 for s in outs))
                 for lane, outs in enumerate(outputs)]
 
@@ -412,6 +426,10 @@ class Supernet(nn.Module):
         if blocks != tuple(range(self.family.num_nodes)):
             w = w.index_select(1, _channel_index(blocks, parts[0][0].tensor))
         return F.linear(pooled, w, bias)
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _preprocess_call(module, channel_index, x, groups) -> torch.Tensor:
@@ -515,15 +533,28 @@ class _RunContext:
                 self._memo[key] = Value(next(self._uids), part, part.shape[0])
         return [v if v is not None else self._memo[key] for v, (key, _) in zip(out, requests)]
 
-    def node_sum(self, contribs: List[Value], n: int) -> Value:
+    def node_sum(self, contribs: List[Value], n: int, reusable: AbstractSet[int] = frozenset()) -> Value:
+        """The sum of contribs, in their order; an input whose uid is in `reusable` may be
+        overwritten with it (the first, or either of two: a + b == b + a exactly, so the sum is
+        the same as out of place)."""
         if not contribs:
             return self.zero(n)
         key = ("node",) + tuple(sorted(v.uid for v in contribs))
         if key not in self._memo:
-            total = contribs[0].tensor
-            for v in contribs[1:]:
-                total = total + v.tensor
-            self._memo[key] = Value(next(self._uids), total, n) if len(contribs) > 1 else contribs[0]
+            if len(contribs) == 1:
+                self._memo[key] = contribs[0]
+                return contribs[0]
+            if len(contribs) == 2 and contribs[0].uid not in reusable and contribs[1].uid in reusable:
+                contribs = contribs[::-1]
+            if contribs[0].uid in reusable:
+                total = contribs[0].tensor
+                for v in contribs[1:]:
+                    total.add_(v.tensor)
+            else:
+                total = contribs[0].tensor + contribs[1].tensor
+                for v in contribs[2:]:
+                    total.add_(v.tensor)
+            self._memo[key] = Value(next(self._uids), total, n)
         return self._memo[key]
 
     def pooled(self, v: Value) -> torch.Tensor:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from natfast.cli import main
 from natfast.genotype import get_named, parse
@@ -174,3 +175,40 @@ def test_bench_steps_and_derive_print_their_contract_keys():
                 "one_worker_derive_ms"):
         assert result[key] > 0, key
     assert result["max_score_difference"] == 0.0   # batched scoring gives the sequential accuracies
+    # The arithmetic: sharing the stem computes less than running each architecture alone.
+    assert 0 < result["derive_gflop"] < result["sequential_gflop"]
+    assert result["matmul_gflops"] > 0
+    floor_ms = result["derive_gflop"] / result["matmul_gflops"] * 1000
+    assert result["derive_floor_ms"] == pytest.approx(floor_ms, rel=1e-2)
+    assert result["speedup_bound_vs_sequential"] == pytest.approx(result["sequential_derive_ms"] / floor_ms, rel=2e-2)
+
+
+def test_derive_breakdown_times_every_op_of_a_pass():
+    run = subprocess.run([sys.executable, "bench/derive_breakdown.py", "--candidates", "2", "--batches", "1",
+                          "--batch-size", "8", "--layers", "5", "--channels", "4", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    ops = result["ops"]
+    assert "node_sum" in ops and ops["rest"]["ms"] >= 0
+    timed = [v for k, v in ops.items() if k != "rest"]
+    assert sum(v["ms"] for v in ops.values()) == pytest.approx(result["pass_ms"], abs=0.5)
+    assert all(v["ms"] > 0 and v["calls"] > 0 for v in timed)
+    if "cpu_dwconv_pointwise_bn_forward" in ops:   # the C++ kernels are built
+        assert ops["cpu_dwconv_pointwise_bn_forward"]["gflops"] > 0
+    assert result["sums_in_place_ms"] > 0 and result["sums_new_tensor_ms"] > 0
+
+
+def test_bench_derive_counts_flops_linear_in_the_samples():
+    # The bench counts one batch and scales by the samples: exact, as every counted op's FLOPs
+    # are proportional to its batch size.
+    from natfast.benchmarks.derive import _count_gflop, sequential_scores
+    from natfast.genotype import get_family
+    from natfast.supernet import Supernet
+    beta, family = get_named("DARTS")
+    torch.manual_seed(0)
+    supernet = Supernet(get_family(family.name), 4, 5)
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    one = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
+    three = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
+    assert one > 0 and three == pytest.approx(3 * one, rel=1e-9)

@@ -117,6 +117,58 @@ def test_shared_batch_equals_sequential(family_name, concatenate):
         torch.testing.assert_close(y, sn(x, arch), **FWD_TOL)
 
 
+def _skips_everywhere(g: Genotype) -> Genotype:
+    return g._replace(normal=[("skip_connect", f, t) for _, f, t in g.normal])
+
+
+def _other_op_on_edge(g: Genotype, family, index: int) -> Genotype:
+    op, f, t = g.normal[index]
+    other = next(p for p in family.primitives if p not in (op, "null"))
+    return g._replace(normal=[(other, f, t) if i == index else e for i, e in enumerate(g.normal)])
+
+
+# When scoring, a node's sum is written into one of its edges' outputs where nothing else reads
+# that output; skips (which return their input) and outputs that several lanes' sums read must
+# stay intact. The standalone networks sum out of place, so they are the check.
+@pytest.mark.parametrize("concatenate", [False, True])
+@pytest.mark.parametrize("family_name", ["darts", "enas"])
+def test_scoring_sums_nodes_in_place_and_equals_standalone_networks(family_name, concatenate):
+    sn = _supernet(family_name, layers=4)
+    gen = torch.Generator().manual_seed(11)
+    a = sample_genotype(sn.family, gen)
+    archs = _archs_for_sharing(sn.family, gen) + [
+        _skips_everywhere(a), _other_op_on_edge(a, sn.family, 1), _other_op_on_edge(a, sn.family, 0)]
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=gen)
+    with torch.inference_mode():
+        batched = sn.run([x], [(0, g) for g in archs], concatenate=concatenate)
+        again = sn.run([x], [(0, g) for g in archs], concatenate=concatenate)
+    for arch, y, y2 in zip(archs, batched, again):
+        with torch.no_grad():
+            expected = network_from_supernet(sn, arch).double()(x)
+        torch.testing.assert_close(y, expected, **FWD_TOL)
+        torch.testing.assert_close(y2, y, rtol=0, atol=0)
+
+
+def test_node_sum_writes_only_into_a_reusable_input():
+    from natfast.supernet import Value, _RunContext
+    ctx = _RunContext()
+    a, b, c = (Value(i, torch.randn(2, 3, 4, 4), 2) for i in range(3))
+    a0, b0, c0 = a.tensor.clone(), b.tensor.clone(), c.tensor.clone()
+    kept = ctx.node_sum([a, b], 2)                         # nothing reusable: a new tensor
+    assert kept.tensor is not a.tensor and kept.tensor is not b.tensor
+    torch.testing.assert_close(kept.tensor, a0 + b0, rtol=0, atol=0)
+    into_second = ctx.node_sum([b, c], 2, reusable={2})    # either of two may hold it
+    assert into_second.tensor is c.tensor
+    torch.testing.assert_close(c.tensor, b0 + c0, rtol=0, atol=0)
+    torch.testing.assert_close(b.tensor, b0, rtol=0, atol=0)
+    d = Value(3, torch.randn(2, 3, 4, 4), 2)
+    e = Value(4, torch.randn(2, 3, 4, 4), 2)
+    d0 = d.tensor.clone()
+    three = ctx.node_sum([d, e, a], 2, reusable={4})       # of three, only the first: same order
+    assert three.tensor is not e.tensor
+    torch.testing.assert_close(three.tensor, (d0 + e.tensor) + a0, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("lanes_at_once", [1, 2, 4, 100])
 def test_lanes_run_a_few_at_a_time_and_duplicates_once(lanes_at_once):
     sn = _supernet("darts", layers=4)

@@ -3,13 +3,21 @@ validation samples, batched (multi-architecture, prefix-shared, inference mode) 
 architecture at a time with autograd recording (the authors' way) and under inference mode, both on
 natfast's kernels (so the ratios are what batching and inference mode give); and the authors' way
 on the reference path's plain PyTorch ops (`authors_derive_ms`: what a user of the authors' code
-waits, kernels included)."""
+waits, kernels included).
+
+It also counts the arithmetic (`derive_gflop`, `sequential_gflop`: the convolutions' and the
+classifier's FLOPs, counted by torch's FlopCounterMode on the reference ops) and times a float32
+matmul in the same run (`matmul_gflops`), so a reader can tell how far from the machine's peak the
+batched path is: `derive_floor_ms` is the time its FLOPs would take at that matmul's rate, and
+`speedup_bound_vs_sequential` the most any kernel could then give against `sequential_derive_ms`."""
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List
+import time
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .. import lane_workers
 from ..data import BatchLoader, load_cifar10
@@ -38,8 +46,9 @@ def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
     return scores
 
 
-def main(argv: List[str]) -> Dict:
-    p = argparse.ArgumentParser(prog="natfast bench derive")
+def arguments(prog: str = "natfast bench derive") -> argparse.ArgumentParser:
+    """The workload's flags (bench/derive_breakdown.py takes the same)."""
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--arch", default="DARTS")
     p.add_argument("--batches", type=int, default=4, help="validation batches scored")
@@ -48,11 +57,20 @@ def main(argv: List[str]) -> Dict:
     p.add_argument("--channels", type=int, default=20)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto")
-    p.add_argument("--skip-authors", action="store_true", help="skip the authors' way on plain PyTorch ops "
-                   "(the slowest of the four)")
     p.add_argument("--checkpoint", help="score with a trained search's supernet and policy (a trained "
                    "policy repeats itself, which batched scoring computes once); default: untrained")
-    args = p.parse_args(argv)
+    return p
+
+
+class Workload(NamedTuple):
+    supernet: Supernet
+    archs: List   # the input architecture, then the K candidates
+    batches: List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def workload(args) -> Workload:
+    """The supernet, the input architecture and K candidates sampled from the policy, and the
+    validation batches: the same for every variant timed."""
     device = pick_device(args.device)
     torch.manual_seed(0)
     beta, family = get_named(args.arch)
@@ -75,7 +93,19 @@ def main(argv: List[str]) -> Dict:
         if i == args.batches:
             break
         batches.append((x.to(device), y.to(device)))
-    batched_loader = _ListLoader(batches)
+    return Workload(supernet, archs, batches)
+
+
+def main(argv: List[str]) -> Dict:
+    p = arguments()
+    p.add_argument("--skip-authors", action="store_true", help="skip the authors' way on plain PyTorch ops "
+                   "(the slowest of the four)")
+    p.add_argument("--skip-flops", action="store_true", help="skip counting the FLOPs and timing the matmul "
+                   "they are compared with")
+    args = p.parse_args(argv)
+    supernet, archs, batches = workload(args)
+    device = batches[0][0].device
+    batched_loader = ListLoader(batches)
     result: Dict = {"device": str(device), "threads": torch.get_num_threads(), "candidates": args.candidates,
                     "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
                     "layers": args.layers, "channels": args.channels}
@@ -103,7 +133,55 @@ def main(argv: List[str]) -> Dict:
     batched = score_architectures(supernet, archs, batched_loader)
     sequential = sequential_scores(supernet, archs, batches, True)
     result["max_score_difference"] = max(abs(a - b) for a, b in zip(batched, sequential))
+    if not args.skip_flops:
+        result.update(_arithmetic(supernet, archs, batches, result))
     return result
+
+
+def _arithmetic(supernet, archs, batches, timed: Dict) -> Dict:
+    """What the batched and the sequential paths compute, and the time the batched path's FLOPs
+    would take at the rate of a large float32 matmul on this device (its practical peak)."""
+    # FLOPs grow linearly with the samples, so the first batch is counted and scaled.
+    x, y = batches[0]
+    scale = sum(len(labels) for _, labels in batches) / len(y)
+    batched = _count_gflop(lambda: score_architectures(supernet, archs, ListLoader([(x, y)]))) * scale
+    sequential = _count_gflop(lambda: sequential_scores(supernet, archs, [(x, y)], True)) * scale
+    peak = matmul_gflops(x.device)
+    floor_ms = batched / peak * 1000
+    return {"derive_gflop": round(batched, 3), "sequential_gflop": round(sequential, 3),
+            "derive_gflops": round(batched / timed["derive_ms"] * 1000, 2),
+            "matmul_gflops": round(peak, 2), "derive_floor_ms": round(floor_ms, 3),
+            "speedup_bound_vs_sequential": round(timed["sequential_derive_ms"] / floor_ms, 2)}
+
+
+def _count_gflop(fn: Callable[[], object]) -> float:
+    """GFLOP of fn's convolutions and matmuls. On the reference path, since FlopCounterMode knows
+    aten's ops and not natfast's kernels; on this thread, since the mode is per thread. The
+    supernet's sharing and skipping of values do not depend on the path."""
+    with use_backend("reference"), lane_workers.at_most(1), torch.no_grad(), \
+            FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 size x size matmul on `device` with torch's threads: the rate this
+    machine reaches on dense arithmetic (best of `repeats`)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):   # the first call warms up
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _with_one_worker(fn, *args):
@@ -116,7 +194,7 @@ def _on_reference_ops(fn, *args):
         return fn(*args)
 
 
-class _ListLoader:
+class ListLoader:
     """A fixed list of batches with the BatchLoader interface score_architectures uses."""
 
     def __init__(self, batches):
