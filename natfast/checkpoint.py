@@ -27,6 +27,13 @@ def save(state: Dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+def _first_sentence(message: str) -> str:
+    """What failed, without torch's advice that follows it (for a file that is not a checkpoint,
+    torch suggests loading it with weights_only=False, which no natfast checkpoint needs)."""
+    line = message.splitlines()[0] if message else ""
+    return line.split(". ")[0].rstrip(".")
+
+
 def load(path: str, expected: str = FORMAT) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist (run `natfast search --out DIR` to make one)")
@@ -34,7 +41,7 @@ def load(path: str, expected: str = FORMAT) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file; the message is what matters
         raise CheckpointError(f"checkpoint {path} is corrupt or not a natfast checkpoint: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                              f"{_first_sentence(str(exc))}") from None
     if not isinstance(state, dict) or state.get("format") != expected:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} is not a natfast checkpoint of the expected kind "
