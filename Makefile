@@ -11,7 +11,7 @@ setup:
 	$(PYTHON) -m pip install -q --no-build-isolation -e .
 
 demo: setup
-	$(PYTHON) -m natfast search --preset tiny --out $(DEMO_DIR)
+	$(PYTHON) -m natfast search --preset tiny --out $(DEMO_DIR) --overwrite
 	$(PYTHON) -m natfast transform --arch DARTS --checkpoint $(DEMO_DIR)/checkpoint.pt --draw $(DEMO_DIR)/darts_vs_nat.png
 
 test: setup

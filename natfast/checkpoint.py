@@ -27,6 +27,17 @@ def save(state: Dict[str, Any], path: str) -> None:
     os.replace(tmp, path)
 
 
+def check_fresh_start(out: str, resume: bool, overwrite: bool) -> str:
+    """The checkpoint path in `out`; a run that would start afresh over a checkpoint already there
+    (neither resume nor overwrite) is an error, raised before anything is written, so a finished
+    run is never replaced by a new one by accident."""
+    path = os.path.join(out, "checkpoint.pt")
+    if os.path.exists(path) and not resume and not overwrite:
+        raise CheckpointError(f"{out} already holds a checkpoint ({path}): pass --resume to continue it, "
+                              f"--overwrite to start afresh over it, or another --out")
+    return path
+
+
 def _first_sentence(message: str) -> str:
     """What failed, without torch's advice that follows it (for a file that is not a checkpoint,
     torch suggests loading it with weights_only=False, which no natfast checkpoint needs)."""

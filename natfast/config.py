@@ -55,6 +55,8 @@ class SearchConfig:
     checkpoint_every: int = opt(100, "save a checkpoint every this many steps (and at each epoch end)")
     max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs); resume continues")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
+    overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
+                                 "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
 
 
@@ -102,6 +104,8 @@ class TrainConfig:
     seed: int = opt(0, "seed")
     device: str = opt("auto", "cpu, cuda or auto")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
+    overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
+                                 "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
 
 

@@ -185,9 +185,10 @@ class Searcher:
 
     def run(self) -> Dict[str, float]:
         cfg = self.cfg
+        path = ckpt.check_fresh_start(cfg.out, cfg.resume, cfg.overwrite)
         os.makedirs(cfg.out, exist_ok=True)
-        path = os.path.join(cfg.out, "checkpoint.pt")
-        if cfg.resume and os.path.exists(path):
+        resuming = cfg.resume and os.path.exists(path)
+        if resuming:
             self.load_state_dict(ckpt.load(path))
             self.log(f"resumed from {path} at step {self.position.step}")
         self.log(describe(cfg))
@@ -195,7 +196,8 @@ class Searcher:
                  f"theta batches/epoch {len(self.theta_loader)}; device {self.device}")
         with open(os.path.join(cfg.out, "config.json"), "w") as fh:
             json.dump(to_dict(cfg), fh, indent=2)
-        metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+        # A fresh start's records replace any earlier run's; a resumed run's follow its own.
+        metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resuming else "w")
         bar = Progress(self.total_steps(), cfg.progress)
         last: Dict[str, float] = {}
         try:

@@ -76,9 +76,10 @@ class Trainer:
 
     def run(self) -> Dict[str, float]:
         cfg = self.cfg
+        path = ckpt.check_fresh_start(cfg.out, cfg.resume, cfg.overwrite)
         os.makedirs(cfg.out, exist_ok=True)
-        path = os.path.join(cfg.out, "checkpoint.pt")
-        if cfg.resume and os.path.exists(path):
+        resuming = cfg.resume and os.path.exists(path)
+        if resuming:
             self.load_state_dict(ckpt.load(path, ckpt.TRAIN_FORMAT))
             self.log(f"resumed from {path} at epoch {self.epoch}")
         self.log(describe(cfg))
@@ -86,7 +87,7 @@ class Trainer:
         self.log(f"{cfg.arch}: {params / 1e6:.3f}M params; data {self.train_loader.dataset.source}; device {self.device}")
         bar = Progress(cfg.epochs * len(self.train_loader), cfg.progress)
         record: Dict[str, float] = {}
-        with open(os.path.join(cfg.out, "metrics.jsonl"), "a") as metrics:
+        with open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resuming else "w") as metrics:
             while self.epoch < cfg.epochs:
                 record = self.train_epoch(bar, self.epoch * len(self.train_loader))
                 record.update(epoch=self.epoch, test_acc=self.evaluate(), lr=self.lr(self.epoch))

@@ -98,6 +98,10 @@ def test_train_from_scratch_and_resume(tmp_path):
     import json
     rows = [json.loads(l) for l in Path(out, "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(0 <= r["test_acc"] <= 1 for r in rows)
+    # Started again without --resume, it stops before touching the finished run.
+    kept = Path(out, "checkpoint.pt").read_bytes()
+    assert main(common + ["--epochs", "1"]) == 2
+    assert Path(out, "checkpoint.pt").read_bytes() == kept
 
 
 def test_draw_writes_png(tmp_path):

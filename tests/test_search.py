@@ -59,6 +59,22 @@ def test_checkpoint_is_weights_only_and_kept_on_overwrite(tmp_path):
     assert os.path.exists(path + ".prev") and not os.path.exists(path + ".tmp")
 
 
+def test_a_fresh_run_never_replaces_a_checkpoint_unless_told(tmp_path):
+    first = _run(tmp_path, "run", max_steps=2)
+    out = Path(first.cfg.out)
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl", "config.json")}
+    with pytest.raises(ckpt.CheckpointError, match="--resume.*--overwrite"):
+        _run(tmp_path, "run", max_steps=3)
+    # nothing was written: the first run's files are as they were, and no .prev was made
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not (out / "checkpoint.pt.prev").exists()
+    again = _run(tmp_path, "run", max_steps=1, overwrite=True)
+    assert again.position.step == 1
+    # the fresh run's records replace the first run's; the replaced checkpoint is kept as .prev
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+    assert (out / "checkpoint.pt.prev").read_bytes() == before["checkpoint.pt"]
+
+
 @pytest.mark.parametrize("content,match", [(b"\x00garbage" * 10, "corrupt"), (None, "not a natfast")])
 def test_bad_checkpoints_are_clear_errors(tmp_path, content, match):
     path = tmp_path / "bad.pt"
