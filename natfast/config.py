@@ -12,7 +12,22 @@ from typing import Any, Dict, Optional, Tuple
 
 
 def opt(default, help: str, **kw):
+    """A field with its help text; `low` / `high` (inclusive) or `below` (exclusive) bound a number."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def check_ranges(cfg) -> None:
+    """Every bounded field within its bounds, or a ValueError naming its flag (out of range, such a
+    value would fail deep inside torch, or silently do nothing)."""
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if "low" in meta and value < meta["low"]:
+            raise ValueError(f"{flag} must be >= {meta['low']}, got {value}")
+        if "high" in meta and value > meta["high"]:
+            raise ValueError(f"{flag} must be <= {meta['high']}, got {value}")
+        if "below" in meta and value >= meta["below"]:
+            raise ValueError(f"{flag} must be < {meta['below']}, got {value}")
 
 
 @dataclass
@@ -23,41 +38,44 @@ class SearchConfig:
     download: bool = opt(False, "download CIFAR-10 into --data with torchvision if it is missing (needs internet)")
     family: str = opt("darts", "cell family: darts (fully-concat) or enas (loose-end)")
     transitions: str = opt("nat", "transition rule: nat ({same, skip, null}) or natpp (NAT++ 13-op space)")
-    epochs: int = opt(100, "epochs E (each: one pass for w, one pass for theta)")
-    batch_size: int = opt(64, "batch size for both updates")
-    channels: int = opt(20, "supernet initial channels C")
-    layers: int = opt(8, "supernet cells L (reductions at L/3 and 2L/3)")
-    w_fraction: float = opt(0.4, "fraction of the training set used for w (the rest updates theta)")
-    w_lr: float = opt(0.01, "SGD learning rate for w")
-    w_lr_min: float = opt(0.01, "cosine schedule floor for w (equal to w_lr: constant)")
-    w_momentum: float = opt(0.9, "SGD momentum for w")
-    w_weight_decay: float = opt(3e-4, "weight decay for w")
-    grad_clip: float = opt(5.0, "gradient-norm clip for w (0: off)")
+    epochs: int = opt(100, "epochs E (each: one pass for w, one pass for theta)", low=1)
+    batch_size: int = opt(64, "batch size for both updates", low=1)
+    channels: int = opt(20, "supernet initial channels C", low=1)
+    layers: int = opt(8, "supernet cells L (reductions at L/3 and 2L/3)", low=1)
+    w_fraction: float = opt(0.4, "fraction of the training set used for w (the rest updates theta)", low=0, high=1)
+    w_lr: float = opt(0.01, "SGD learning rate for w", low=0)
+    w_lr_min: float = opt(0.01, "cosine schedule floor for w (equal to w_lr: constant)", low=0)
+    w_momentum: float = opt(0.9, "SGD momentum for w", low=0)
+    w_weight_decay: float = opt(3e-4, "weight decay for w", low=0)
+    grad_clip: float = opt(5.0, "gradient-norm clip for w (0: off)", low=0)
     policy: str = opt("gcn", "policy: gcn, lstm (ablation) or random (ablation, not trained)")
     adjacency: str = opt("normalized", "GCN adjacency: normalized (with self-loops) or raw (the authors')")
-    hidden_size: int = opt(64, "policy hidden size")
-    embedding_size: int = opt(64, "policy op-embedding size")
-    policy_lr: float = opt(3e-4, "Adam learning rate for theta")
+    hidden_size: int = opt(64, "policy hidden size", low=1)
+    embedding_size: int = opt(64, "policy op-embedding size", low=1)
+    policy_lr: float = opt(3e-4, "Adam learning rate for theta", low=0)
     policy_betas: Tuple[float, float] = opt((0.5, 0.999), "Adam betas for theta")
-    policy_weight_decay: float = opt(5e-4, "Adam weight decay for theta")
+    policy_weight_decay: float = opt(5e-4, "Adam weight decay for theta", low=0)
     entropy_weight: float = opt(0.003, "entropy bonus lambda")
-    baseline_decay: float = opt(0.99, "EMA decay gamma of the reward baseline")
-    num_inputs: int = opt(1, "m: input architectures per policy step")
-    num_samples: int = opt(1, "n: transformations sampled per input architecture")
+    baseline_decay: float = opt(0.99, "EMA decay gamma of the reward baseline", low=0, high=1)
+    num_inputs: int = opt(1, "m: input architectures per policy step", low=1)
+    num_samples: int = opt(1, "n: transformations sampled per input architecture", low=1)
     augment: bool = opt(True, "random crop + flip on the w batches")
     executor: bool = opt(False, "run update_w's sampled path through the compiled C++ executor "
                                 "(no per-op Python dispatch; natfast's C++ kernels on a CPU, ATen's on a "
                                 "GPU) when the extension has it")
-    train_limit: int = opt(0, "use at most this many training images (0: all)")
+    train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)
     seed: int = opt(0, "seed of every random choice (data order, augmentation, architectures, init)")
     device: str = opt("auto", "cpu, cuda or auto")
-    threads: int = opt(0, "CPU threads (0: torch's default)")
-    checkpoint_every: int = opt(100, "save a checkpoint every this many steps (and at each epoch end)")
-    max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs); resume continues")
+    threads: int = opt(0, "CPU threads (0: torch's default)", low=0)
+    checkpoint_every: int = opt(100, "save a checkpoint every this many steps (and at each epoch end)", low=0)
+    max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs); resume continues", low=0)
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
     overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
                                  "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -74,13 +92,16 @@ class TransformConfig:
     arch: str = opt("DARTS", "named architecture or a file with a Genotype(...) or JSON")
     checkpoint: str = opt("runs/search/checkpoint.pt", "search checkpoint holding the supernet and policy")
     method: str = opt("argmax", "argmax, or best-of-k: sample K, score on the validation split, keep the best")
-    candidates: int = opt(10, "K for best-of-k")
+    candidates: int = opt(10, "K for best-of-k", low=1)
     data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
-    eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)")
+    eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)", low=0)
     out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint")
     draw: Optional[str] = opt(None, "write a PNG drawing of both architectures here")
     seed: int = opt(0, "seed for sampling")
     device: str = opt("auto", "cpu, cuda or auto")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass
@@ -89,24 +110,27 @@ class TrainConfig:
     arch: str = opt("DARTS", "named architecture or a genotype file (e.g. the output of transform)")
     out: str = opt("runs/train", "output folder (checkpoint.pt, metrics.jsonl)")
     data: Optional[str] = opt(None, "CIFAR-10 folder; default: the embedded sample")
-    epochs: int = opt(600, "training epochs")
-    batch_size: int = opt(96, "batch size")
-    channels: int = opt(36, "initial channels")
-    layers: int = opt(20, "cells")
-    lr: float = opt(0.025, "SGD learning rate (cosine to 0)")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(3e-4, "weight decay")
-    drop_path: float = opt(0.2, "drop-path probability (ramped linearly over training)")
-    cutout: int = opt(16, "cutout size (0: off)")
-    auxiliary_weight: float = opt(0.4, "auxiliary head loss weight (0: no auxiliary head)")
-    grad_clip: float = opt(5.0, "gradient-norm clip")
-    train_limit: int = opt(0, "use at most this many training images (0: all)")
+    epochs: int = opt(600, "training epochs", low=1)
+    batch_size: int = opt(96, "batch size", low=1)
+    channels: int = opt(36, "initial channels", low=1)
+    layers: int = opt(20, "cells", low=1)
+    lr: float = opt(0.025, "SGD learning rate (cosine to 0)", low=0)
+    momentum: float = opt(0.9, "SGD momentum", low=0)
+    weight_decay: float = opt(3e-4, "weight decay", low=0)
+    drop_path: float = opt(0.2, "drop-path probability (ramped linearly over training)", low=0, below=1)
+    cutout: int = opt(16, "cutout size (0: off)", low=0)
+    auxiliary_weight: float = opt(0.4, "auxiliary head loss weight (0: no auxiliary head)", low=0)
+    grad_clip: float = opt(5.0, "gradient-norm clip", low=0)
+    train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "cpu, cuda or auto")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
     overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
                                  "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {

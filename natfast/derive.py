@@ -91,6 +91,8 @@ def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed:
                         loader: Optional[BatchLoader] = None, max_batches: int = 0) -> BestOfK:
     """Sample K transformations of beta, score them and beta on the validation split, keep the
     best (beta itself if nothing beats it)."""
+    if k < 1:
+        raise ValueError(f"best-of-k needs k >= 1 candidates, got {k}")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         samples = result.policy.sample([beta.normal, beta.reduce], gen, k)

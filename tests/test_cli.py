@@ -72,6 +72,15 @@ def test_tiny_search_then_transform(tmp_path):
     (["search", "--data", "/nonexistent/cifar", "--epochs", "1"], "/nonexistent/cifar"),
     (["transform", "--checkpoint", "/nonexistent/ckpt.pt"], "does not exist"),
     (["draw", "--arch", "NOT_AN_ARCH"], "NOT_AN_ARCH"),
+    # numbers out of range, and an unknown device: named by their flag, not failing inside torch
+    (["search", "--channels", "0"], "--channels must be >= 1, got 0"),
+    (["search", "--num-samples", "0"], "--num-samples must be >= 1"),
+    (["search", "--threads", "-1"], "--threads must be >= 0"),
+    (["search", "--baseline-decay", "1.5"], "--baseline-decay must be <= 1"),
+    (["search", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--drop-path", "1"], "--drop-path must be < 1"),
+    (["train", "--layers", "0"], "--layers must be >= 1"),
+    (["transform", "--method", "best-of-k", "--candidates", "0"], "--candidates must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
     code = main(args + (["--out", str(tmp_path / "o")] if args[0] != "transform" else []))
