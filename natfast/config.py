@@ -16,6 +16,16 @@ def opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def from_saved(cls, values: Dict[str, Any]):
+    """The config stored in a checkpoint, as it was: fields it lacks take their defaults, and the
+    ranges are not checked (a checkpoint written before a bound existed must still load)."""
+    cfg = cls.__new__(cls)
+    for f in dataclasses.fields(cls):
+        value = values.get(f.name, f.default)
+        object.__setattr__(cfg, f.name, tuple(value) if isinstance(value, list) else value)
+    return cfg
+
+
 def check_ranges(cfg) -> None:
     """Every bounded field within its bounds, or a ValueError naming its flag (out of range, such a
     value would fail deep inside torch, or silently do nothing)."""

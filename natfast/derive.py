@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from . import checkpoint as ckpt
-from .config import SearchConfig
+from .config import SearchConfig, from_saved
 from .data import BatchLoader
 from .genotype import Family, Genotype, GenotypeError, validate
 from .policy import BasePolicy
@@ -28,8 +28,7 @@ class SearchResult:
 
 def load_search(path: str, device: str = "auto") -> SearchResult:
     state = ckpt.load(path)
-    known = set(SearchConfig.__dataclass_fields__)
-    cfg = SearchConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in state["config"].items() if k in known})
+    cfg = from_saved(SearchConfig, state["config"])
     family, supernet, policy = build_models(cfg, pick_device(device))
     try:
         supernet.load_state_dict(state["supernet"])
@@ -58,7 +57,7 @@ def transform_argmax(policy: BasePolicy, beta: Genotype) -> Genotype:
 
 def validation_loader(cfg: SearchConfig, data: Optional[str] = None) -> BatchLoader:
     if data is not None:
-        cfg = SearchConfig(**{**vars(cfg), "data": data})
+        cfg = from_saved(SearchConfig, {**vars(cfg), "data": data})
     _, theta_loader = search_loaders(cfg, search_data(cfg))
     return BatchLoader(theta_loader.dataset, theta_loader.indices, cfg.batch_size, shuffle=False,
                        augment=False, drop_last=False)

@@ -75,6 +75,23 @@ def test_a_fresh_run_never_replaces_a_checkpoint_unless_told(tmp_path):
     assert (out / "checkpoint.pt.prev").read_bytes() == before["checkpoint.pt"]
 
 
+def test_a_checkpoint_loads_whatever_bounds_its_config_predates(tmp_path):
+    # Configs are range-checked when made (flags, API); one stored in a checkpoint is taken as it
+    # was, so a checkpoint written before a bound existed (here epochs = 0), or lacking a newer
+    # field, still loads.
+    run = _run(tmp_path, "run", max_steps=1)
+    path = os.path.join(run.cfg.out, "checkpoint.pt")
+    state = torch.load(path, weights_only=True)
+    state["config"]["epochs"] = 0
+    del state["config"]["overwrite"]
+    torch.save(state, path)
+    loaded = load_search(path)
+    assert loaded.config.epochs == 0 and loaded.config.overwrite is False
+    assert loaded.config.policy_betas == run.cfg.policy_betas   # lists come back as tuples
+    with pytest.raises(ValueError, match="--epochs must be >= 1"):
+        SearchConfig(epochs=0)
+
+
 @pytest.mark.parametrize("content,match", [(b"\x00garbage" * 10, "corrupt"), (None, "not a natfast")])
 def test_bad_checkpoints_are_clear_errors(tmp_path, content, match):
     path = tmp_path / "bad.pt"
