@@ -33,8 +33,8 @@ def check_fresh_start(out: str, resume: bool, overwrite: bool) -> str:
     run is never replaced by a new one by accident."""
     path = os.path.join(out, "checkpoint.pt")
     if os.path.exists(path) and not resume and not overwrite:
-        raise CheckpointError(f"{out} already holds a checkpoint ({path}): pass --resume to continue it, "
-                              f"--overwrite to start afresh over it, or another --out")
+        raise CheckpointError(f"{out} already holds a checkpoint ({path}): pass --resume (resume=True) to "
+                              f"continue it, --overwrite (overwrite=True) to start afresh over it, or another --out")
     return path
 
 
