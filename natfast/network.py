@@ -107,7 +107,7 @@ class Network(nn.Module):
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        check_images(x)
+        check_images(x, self.classifier.weight)
         s0 = s1 = self.stem(x)
         aux = None
         for i, cell in enumerate(self.cells):

@@ -54,11 +54,17 @@ class Stem(nn.Module):
         return self.norm(self.conv(x), groups)
 
 
-def check_images(x: torch.Tensor) -> None:
-    """A clear error for input that is not a batch of RGB images (not a failure deep in a conv)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2:
+def check_images(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> None:
+    """A clear error for input that is not a batch of RGB images in the model's dtype (not a
+    failure deep in a conv). `weight`: one of the model's parameters."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or min(x.shape[2:]) < 2 or x.shape[0] < 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"expected a batch of RGB images shaped (N, 3, H, W) with H, W >= 2, got {shape}")
+        raise ValueError(f"expected a batch of RGB images shaped (N, 3, H, W) with N >= 1 and H, W >= 2, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"images must be floating point (normalised as natfast.data does), got {x.dtype}")
+    if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"images are {x.dtype} but the model's weights are {weight.dtype}: convert one to the "
+                         f"other (e.g. x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast")
 
 
 def edge_key(f: int, t: int) -> str:
@@ -205,7 +211,7 @@ class Supernet(nn.Module):
         else LANES_AT_ONCE); the stem is computed once for all."""
         self._check_archs([g for _, g in lanes])
         for x in inputs:
-            check_images(x)
+            check_images(x, self.classifier.weight)
         ctx = _RunContext(concatenate)
         stem_vals = ctx.batched(("stem",), [(("stem", i), x) for i, x in enumerate(inputs)],
                                 lambda xs, groups: self.stem(xs, groups))
@@ -269,6 +275,9 @@ class Supernet(nn.Module):
     def _check_archs(self, archs: Sequence[Genotype]) -> None:
         prims, b = set(self.primitives), self.family.num_nodes
         for g in archs:
+            if not isinstance(g, Genotype):
+                raise TypeError(f"an architecture must be a Genotype, got {type(g).__name__} "
+                                f"(natfast.get_named(name)[0] or natfast.load_arch(path)[0] give one)")
             for edges in (g.normal, g.reduce):
                 for op, f, t in edges:
                     if op not in prims or not (0 <= f < t <= b + 1):

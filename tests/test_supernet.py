@@ -227,7 +227,7 @@ def test_arch_that_does_not_fit_is_rejected():
         sn(torch.randn(2, 3, 8, 8, dtype=torch.float64), enas_like)
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 3, 8), (3, 8, 8)])
+@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 3, 8), (3, 8, 8), (0, 3, 8, 8)])
 def test_wrong_input_shape_is_a_clear_error(shape):
     sn = _supernet("darts", layers=2)
     arch = sample_genotype(sn.family, torch.Generator().manual_seed(0))
@@ -235,6 +235,25 @@ def test_wrong_input_shape_is_a_clear_error(shape):
         sn(torch.randn(*shape, dtype=torch.float64), arch)
     with pytest.raises(ValueError, match="expected a batch of RGB images"):
         network_from_supernet(sn, arch)(torch.randn(*shape, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("images,match", [
+    (torch.randint(0, 255, (2, 3, 8, 8)), "images must be floating point"),
+    (torch.randn(2, 3, 8, 8, dtype=torch.float32), "images are torch.float32 but the model's weights are torch.float64"),
+])
+def test_images_of_another_dtype_are_a_clear_error(images, match):
+    sn = _supernet("darts", layers=2)          # float64
+    arch = sample_genotype(sn.family, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=match):
+        sn(images, arch)
+    with pytest.raises(ValueError, match=match):
+        network_from_supernet(sn, arch).double()(images)
+
+
+def test_an_architecture_that_is_not_a_genotype_is_a_clear_error():
+    sn = _supernet("darts", layers=2)
+    with pytest.raises(TypeError, match="must be a Genotype, got str"):
+        sn(torch.randn(2, 3, 8, 8, dtype=torch.float64), "DARTS")
 
 
 @pytest.mark.skipif(not _ext.has_op("cpu_conv1x1_bn_forward_each"), reason="needs natfast._C's CPU kernels")
