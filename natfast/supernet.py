@@ -62,9 +62,16 @@ def check_images(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> None
         raise ValueError(f"expected a batch of RGB images shaped (N, 3, H, W) with N >= 1 and H, W >= 2, got {shape}")
     if not x.is_floating_point():
         raise ValueError(f"images must be floating point (normalised as natfast.data does), got {x.dtype}")
-    if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    if weight is not None and x.dtype != weight.dtype and not _autocast_enabled(x.device.type):
         raise ValueError(f"images are {x.dtype} but the model's weights are {weight.dtype}: convert one to the "
                          f"other (e.g. x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # a torch that takes no device (CUDA's state; the CPU's has its own query)
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def edge_key(f: int, t: int) -> str:
