@@ -8,12 +8,13 @@ validation batches). Prints JSON:
 - `ops`: every natfast C++ op (`torch.ops.natfast.*`) and the node sums, timed by a wrapper in
   one batched pass on one lane worker (no profiler: its per-op cost distorts ms-long ops), with
   their share of that pass, and for the ops doing most of the arithmetic their GFLOP/s, next to
-  `matmul_gflops` (a float32 1024 x 1024 matmul's, as in `natfast bench derive`); `rest` is what
+  `matmul_gflops` (a float32 matmul's, as in `natfast bench derive`); `rest` is what
   no wrapper covers (Python, the classifier, the stem);
 - `sums_in_place_ms` / `sums_new_tensor_ms`: the batched pass with `Supernet.SUMS_IN_PLACE` on
   and off, taking turns for `--rounds` rounds (medians), and their ratio.
 
-Keeps freed memory as the `natfast` command does.
+A CPU tool (on a GPU the wrappers would time kernel launches, not kernels); keeps freed memory
+as the `natfast` command does.
 """
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def main() -> None:
     p = arguments("bench/derive_breakdown.py")
     p.add_argument("--rounds", type=int, default=7)
     args = p.parse_args()
+    if args.device not in ("auto", "cpu"):
+        p.error("times CPU ops only: run it with --device cpu (the default here)")
+    args.device = "cpu"
     keep_freed_memory()
     supernet, archs, batches = workload(args)
     loader = ListLoader(batches)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -164,9 +164,11 @@ def _count_gflop(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def matmul_gflops(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+def matmul_gflops(device: torch.device, size: Optional[int] = None, repeats: int = 5) -> float:
     """GFLOP/s of a float32 size x size matmul on `device` with torch's threads: the rate this
-    machine reaches on dense arithmetic (best of `repeats`)."""
+    machine reaches on dense arithmetic (best of `repeats`). Default size: 1024 on a CPU, 4096 on a
+    GPU (where a smaller one would time the launch more than the arithmetic)."""
+    size = size or (4096 if device.type == "cuda" else 1024)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     best = float("inf")
