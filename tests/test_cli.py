@@ -225,3 +225,13 @@ def test_bench_derive_counts_flops_linear_in_the_samples():
     one = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
     three = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
     assert one > 0 and three == pytest.approx(3 * one, rel=1e-9)
+
+
+@pytest.mark.parametrize("what, flag, value", [("derive", "--candidates", "0"), ("derive", "--batches", "0"),
+                                               ("steps", "--repeats", "-1"), ("ops", "--threads", "0"),
+                                               ("derive", "--layers", "x")])
+def test_bench_rejects_counts_below_one_by_name(what, flag, value):
+    # Before, `--batches 0` failed with an IndexError deep inside and `--candidates 0` timed nothing.
+    out = _natfast("bench", what, flag, value)
+    assert out.returncode == 2
+    assert f"argument {flag}:" in out.stderr and "Traceback" not in out.stderr

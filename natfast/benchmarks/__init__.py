@@ -2,10 +2,22 @@
 the baseline always measured in the same run on the same inputs."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import statistics
 import time
 from typing import Callable, Dict, List
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be >= 1 (0 would time nothing, or fail deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _synchronize() -> None:

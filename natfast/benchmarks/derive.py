@@ -27,7 +27,7 @@ from ..ops.dispatch import use_backend
 from ..policy import GCNPolicy
 from ..search import pick_device
 from ..supernet import Supernet
-from . import interleaved_median_ms
+from . import interleaved_median_ms, positive_int
 
 
 def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
@@ -49,13 +49,13 @@ def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
 def arguments(prog: str = "natfast bench derive") -> argparse.ArgumentParser:
     """The workload's flags (bench/derive_breakdown.py takes the same)."""
     p = argparse.ArgumentParser(prog=prog)
-    p.add_argument("--candidates", type=int, default=10)
+    p.add_argument("--candidates", type=positive_int, default=10)
     p.add_argument("--arch", default="DARTS")
-    p.add_argument("--batches", type=int, default=4, help="validation batches scored")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--channels", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=positive_int, default=4, help="validation batches scored")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=8)
+    p.add_argument("--channels", type=positive_int, default=20)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", help="score with a trained search's supernet and policy (a trained "
                    "policy repeats itself, which batched scoring computes once); default: untrained")

@@ -25,7 +25,7 @@ from ..ops.fused import cat_conv1x1_bn, conv1x1_bn, pool_bn
 from ..ops.layers import make_op
 from ..ops.norm import group_batch_norm
 from ..ops.pool import pool2d
-from . import interleaved_median_ms, median_ms
+from . import interleaved_median_ms, median_ms, positive_int
 
 STAGES = ((20, 32), (40, 16), (80, 8))        # (C, H) of the normal cells
 REDUCTIONS = ((40, 32), (80, 16))             # (C, H) of the stride-2 edges' inputs
@@ -239,9 +239,9 @@ def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups:
 
 def main(argv: List[str]) -> Dict:
     p = argparse.ArgumentParser(prog="natfast bench ops")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--repeats", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--only", nargs="+", choices=sorted(GROUPS), help="benchmark only these groups")
     p.add_argument("--progress", action="store_true", help="print each case to stderr as it is measured")
     args = p.parse_args(argv)

@@ -17,7 +17,7 @@ from .. import executor, lane_workers
 from ..config import SearchConfig
 from ..ops.dispatch import use_backend
 from ..search import Searcher, step_generator
-from . import interleaved_median_ms, median_ms
+from . import interleaved_median_ms, median_ms, positive_int
 
 
 def sequential_update_theta(s: Searcher, x, y, gen) -> None:
@@ -42,10 +42,10 @@ def sequential_update_theta(s: Searcher, x, y, gen) -> None:
 
 def main(argv: List[str]) -> Dict:
     p = argparse.ArgumentParser(prog="natfast bench steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--channels", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=8)
+    p.add_argument("--channels", type=positive_int, default=20)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-reference", action="store_true", help="time only the fast path")
     args = p.parse_args(argv)
