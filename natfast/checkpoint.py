@@ -3,7 +3,7 @@ with `torch.load(weights_only=True)`, so a checkpoint file can never run code.""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 
@@ -36,6 +36,19 @@ def check_fresh_start(out: str, resume: bool, overwrite: bool) -> str:
         raise CheckpointError(f"{out} already holds a checkpoint ({path}): pass --resume (resume=True) to "
                               f"continue it, --overwrite (overwrite=True) to start afresh over it, or another --out")
     return path
+
+
+class RunStart(NamedTuple):
+    path: str                          # OUT/checkpoint.pt, where the run saves
+    state: Optional[Dict[str, Any]]    # the checkpoint to resume from; None: a fresh start
+
+
+def start_run(out: str, resume: bool, overwrite: bool, expected: str = FORMAT) -> RunStart:
+    """A search's or a training's start, the same rule for both: refuse to start afresh over a
+    checkpoint (`check_fresh_start`), make `out`, and load the checkpoint when resuming one."""
+    path = check_fresh_start(out, resume, overwrite)
+    os.makedirs(out, exist_ok=True)
+    return RunStart(path, load(path, expected) if resume and os.path.exists(path) else None)
 
 
 def _first_sentence(message: str) -> str:

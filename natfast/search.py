@@ -192,11 +192,10 @@ class Searcher:
 
     def run(self) -> Dict[str, float]:
         cfg = self.cfg
-        path = ckpt.check_fresh_start(cfg.out, cfg.resume, cfg.overwrite)
-        os.makedirs(cfg.out, exist_ok=True)
-        resuming = cfg.resume and os.path.exists(path)
+        path, state = ckpt.start_run(cfg.out, cfg.resume, cfg.overwrite)
+        resuming = state is not None
         if resuming:
-            self.load_state_dict(ckpt.load(path))
+            self.load_state_dict(state)
             self.log(f"resumed from {path} at step {self.position.step}")
         self.log(describe(cfg))
         self.log(f"data: {self.dataset.source}; w batches/epoch {len(self.w_loader)}, "

@@ -76,11 +76,10 @@ class Trainer:
 
     def run(self) -> Dict[str, float]:
         cfg = self.cfg
-        path = ckpt.check_fresh_start(cfg.out, cfg.resume, cfg.overwrite)
-        os.makedirs(cfg.out, exist_ok=True)
-        resuming = cfg.resume and os.path.exists(path)
+        path, state = ckpt.start_run(cfg.out, cfg.resume, cfg.overwrite, ckpt.TRAIN_FORMAT)
+        resuming = state is not None
         if resuming:
-            self.load_state_dict(ckpt.load(path, ckpt.TRAIN_FORMAT))
+            self.load_state_dict(state)
             self.log(f"resumed from {path} at epoch {self.epoch}")
         self.log(describe(cfg))
         params = sum(p.numel() for n, p in self.model.named_parameters() if not n.startswith("aux_head"))
