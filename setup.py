@@ -14,6 +14,8 @@ Environment switches (as in flash-attention / PyTorch):
   MAX_JOBS                 parallel compile jobs (ninja)
   CXX                      the C++ compiler (default c++, as torch's ninja build)
   OMP_PREFIX               where libomp is (macOS with Apple clang; default: Homebrew's)
+  NATFAST_DEBUG_INFO=1     keep the C++ debug symbols (Python's build flags ask for them: about
+                           30 MB of the extension's 33, so they are dropped by default)
 
 OpenMP: torch's at::parallel_for, which the CPU kernels use, runs on OpenMP threads only in code
 compiled with OpenMP, so the build tests which flags this compiler takes (Apple clang has no
@@ -109,6 +111,14 @@ def _openmp_flags(torch):
     return [], []
 
 
+def _cxx_flags(omp_compile):
+    """The C++ flags, placed after Python's own build flags (which ask for -g: debug symbols are
+    about 30 MB of the extension's 33), so a -g0 here drops them unless NATFAST_DEBUG_INFO=1."""
+    if sys.platform == "win32":
+        return ["/O2"] + omp_compile
+    return ["-O3"] + omp_compile + ([] if _flag("NATFAST_DEBUG_INFO") else ["-g0"])
+
+
 def _extension_modules():
     if _flag("NATFAST_SKIP_EXTENSION"):
         return [], {}
@@ -128,7 +138,7 @@ def _extension_modules():
     # No -std flag: torch's BuildExtension adds the standard its headers need (C++17 on older torch,
     # C++20 on torch 2.14); forcing one breaks the other torch versions.
     omp_compile, omp_link = _openmp_flags(torch)
-    cxx = (["-O3"] if sys.platform != "win32" else ["/O2"]) + omp_compile
+    cxx = _cxx_flags(omp_compile)
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     if want_cuda:

@@ -1,5 +1,6 @@
-"""setup.py's OpenMP probe: the flags it picks for a compiler that takes -fopenmp, for one that
-does not (as Apple's clang), and for a compiler given as a command with arguments (CXX="ccache g++")."""
+"""setup.py's compiler flags: the OpenMP probe's for a compiler that takes -fopenmp, for one that
+does not (as Apple's clang), and for a compiler given as a command with arguments (CXX="ccache g++");
+and the debug-symbol switch."""
 import ast
 import os
 import shutil
@@ -45,3 +46,12 @@ def test_openmp_flags_follow_the_compiler(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert helpers["_openmp_flags"](torch) == ([], [])
     assert "without OpenMP" in capsys.readouterr().err
+
+
+def test_debug_symbols_are_dropped_unless_asked_for(monkeypatch):
+    # Python's build flags carry -g (30 of the extension's 33 MB); -g0 after them drops it.
+    helpers = _setup_helpers()
+    monkeypatch.delenv("NATFAST_DEBUG_INFO", raising=False)
+    assert helpers["_cxx_flags"](["-fopenmp"]) == ["-O3", "-fopenmp", "-g0"]
+    monkeypatch.setenv("NATFAST_DEBUG_INFO", "1")
+    assert helpers["_cxx_flags"](["-fopenmp"]) == ["-O3", "-fopenmp"]
