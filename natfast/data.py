@@ -24,7 +24,9 @@ SAMPLE_PATH = Path(__file__).resolve().parent / "assets" / "cifar10_sample.npz"
 FOLDER_NAME = "cifar-10-batches-py"
 SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 HOW_TO_GET_DATA = (
-    "write it with `python shared/data/cifar10/make_cifar10_folder.py DEST` and pass `--data DEST`, "
+    "get the standard folder (CIFAR-10's python version from https://www.cs.toronto.edu/~kriz/cifar.html, "
+    "or `natfast search --download`, which needs torchvision and internet; in natfast's workspace "
+    "`python shared/data/cifar10/make_cifar10_folder.py DEST` writes it offline) and pass `--data DEST`, "
     "or pass no data folder to use the embedded sample"
 )
 

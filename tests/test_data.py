@@ -217,6 +217,7 @@ def test_missing_folder(tmp_path):
         load_cifar10(str(missing))
     msg = str(e.value)
     assert str(missing) in msg and "make_cifar10_folder.py" in msg and "--data" in msg
+    assert "kriz/cifar" in msg and "--download" in msg   # the ways open to users outside the workspace
 
 
 def test_folder_without_the_split(tmp_path):
