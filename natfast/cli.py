@@ -53,6 +53,7 @@ def cmd_transform(args) -> int:
         raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
     cost_beta, cost_alpha = count(beta, family), count(alpha, family)
     out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "transformed.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # as search and train make --out
     with open(out, "w") as fh:
         fh.write(to_json(alpha, family) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")
     print(f"input {cfg.arch} ({family.name}): {cost_beta}")

@@ -2,6 +2,7 @@
 edges labelled with their op; two architectures side by side for comparison."""
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence, Tuple
 
 from .genotype import Family, Genotype, output_nodes
@@ -60,6 +61,7 @@ def draw(archs: Sequence[Tuple[str, Genotype, Family]], path: str, costs: Option
         draw_cell(axes[row][0], g.normal, g.normal_concat, family, f"{label}: normal cell{suffix}")
         draw_cell(axes[row][1], g.reduce, g.reduce_concat, family, f"{label}: reduction cell")
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

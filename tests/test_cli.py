@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from natfast.cli import main
-from natfast.genotype import get_named, parse
+from natfast.genotype import get_named, load_arch, parse
 from natfast.transitions import is_valid_transformation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,8 +55,10 @@ def test_tiny_search_then_transform(tmp_path):
     assert out.returncode == 0, out.stderr
     assert elapsed < 180, f"tiny search took {elapsed:.0f} s"
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    png = tmp_path / "cells.png"
-    out = _natfast("transform", "--arch", "DARTS", "--checkpoint", str(ckpt), "--draw", str(png))
+    # Output files in folders that do not exist yet: transform makes them.
+    png, saved = tmp_path / "figures" / "cells.png", tmp_path / "genotypes" / "nat_darts.json"
+    out = _natfast("transform", "--arch", "DARTS", "--checkpoint", str(ckpt), "--draw", str(png),
+                   "--out", str(saved))
     assert out.returncode == 0, out.stderr
     lines = [l for l in out.stdout.splitlines() if l.startswith("Genotype(")]
     assert len(lines) == 2
@@ -65,6 +67,7 @@ def test_tiny_search_then_transform(tmp_path):
     assert beta == darts
     assert is_valid_transformation(beta, alpha, "nat", family.primitives)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_arch(str(saved))[0] == alpha
     assert "MAdds" in out.stdout
 
 
@@ -114,7 +117,7 @@ def test_train_from_scratch_and_resume(tmp_path):
 
 
 def test_draw_writes_png(tmp_path):
-    out = tmp_path / "d.png"
+    out = tmp_path / "new folder" / "d.png"
     assert main(["draw", "--arch", "DARTS", "--compare", "NAT_DARTS", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
 
