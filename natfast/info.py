@@ -17,6 +17,26 @@ OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "conv1x1_bn", "cat_conv1x1_bn", 
        "gcn_policy_logits", "masked_sample", "bn_node_sum")
 
 
+def cpu_name() -> str:
+    """The CPU, as precisely as cheaply known: on Linux its model name, and on x86 its family and
+    model numbers and whether it has AVX-512 (clouds often report a bare "AMD EPYC" for CPUs
+    generations apart, whose timings differ); elsewhere what `platform` says."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            first = fh.read().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in first.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']}"
+        name += ", AVX-512)" if "avx512f" in fields.get("flags", "").split() else ")"
+    return name
+
+
 def collect() -> Dict[str, Any]:
     module, ext_status = _ext.load()
     status = load_all()
@@ -34,6 +54,7 @@ def collect() -> Dict[str, Any]:
         "triton": triton_installed and status.get("triton", "").startswith("active"),
         "triton_installed": triton_installed,
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "cpu": cpu_name(),
         "cpu_capability": module.cpu_capability() if module is not None and hasattr(module, "cpu_capability") else None,
         "threads": torch.get_num_threads(),
         "cpu_kernels_threaded": (module.cpu_kernels_threaded() if module is not None
@@ -77,6 +98,7 @@ def _version() -> str:
 
 def format_text(info: Dict[str, Any]) -> str:
     lines = [f"natfast {info['natfast_version']}  torch {info['torch']} (CUDA {info['torch_cuda']})  python {info['python']}",
+             f"CPU: {info['cpu']}",
              f"GPU: {info['gpu'] or 'none'}   CPU threads: {info['threads']}   CPU SIMD: {info['cpu_capability']}"
              + ("   (C++ kernels built without OpenMP: one thread)" if info["cpu_kernels_threaded"] is False else ""),
              f"extension: {info['extension']}"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from natfast.cli import main
+from natfast.info import cpu_name
 from natfast.genotype import get_named, load_arch, parse
 from natfast.transitions import is_valid_transformation
 
@@ -28,7 +29,7 @@ def test_info_json_has_the_contract_keys():
     info = json.loads(out.stdout)
     for key in ("cpu_extension", "cuda_extension", "triton"):
         assert isinstance(info[key], bool)
-    assert info["torch"]
+    assert info["torch"] and info["cpu"]
     assert info["lane_workers"].startswith(f"up to {info['threads']} ")
 
 
@@ -183,6 +184,7 @@ def test_bench_steps_and_derive_print_their_contract_keys():
                 "one_worker_update_theta_4x4_ms"):
         assert result[key] > 0, key
     assert result["device"] == "cpu" and result["threads"] >= 1
+    assert result["cpu"] == cpu_name() and result["cpu"]   # the machine a result was measured on
     derive = _natfast("bench", "derive", "--candidates", "2", "--batches", "1", "--batch-size", "8", "--layers", "5",
                       "--channels", "4", "--repeats", "1", "--json")
     assert derive.returncode == 0, derive.stderr
@@ -238,3 +240,17 @@ def test_bench_rejects_counts_below_one_by_name(what, flag, value):
     out = _natfast("bench", what, flag, value)
     assert out.returncode == 2
     assert f"argument {flag}:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cpu_name_tells_apart_cpus_that_share_a_model_name(tmp_path, monkeypatch):
+    # Cloud VMs report "AMD EPYC" for Zen 1 and Zen 4 alike; the family, model and AVX-512 differ.
+    import builtins
+    from natfast import info
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                       "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: other\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    assert info.cpu_name() == "AMD EPYC (family 25, model 17, AVX-512)"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
+    assert info.cpu_name() == "AMD EPYC (family 23, model 1)"

@@ -23,6 +23,7 @@ from .. import lane_workers
 from ..data import BatchLoader, load_cifar10
 from ..derive import check_input, load_search, score_architectures
 from ..genotype import get_family, get_named
+from ..info import cpu_name
 from ..ops.dispatch import use_backend
 from ..policy import GCNPolicy
 from ..search import pick_device
@@ -106,7 +107,7 @@ def main(argv: List[str]) -> Dict:
     supernet, archs, batches = workload(args)
     device = batches[0][0].device
     batched_loader = ListLoader(batches)
-    result: Dict = {"device": str(device), "threads": torch.get_num_threads(), "candidates": args.candidates,
+    result: Dict = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(), "candidates": args.candidates,
                     "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
                     "layers": args.layers, "channels": args.channels}
     variants = {"batched": lambda: score_architectures(supernet, archs, batched_loader),

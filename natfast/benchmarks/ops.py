@@ -10,7 +10,6 @@ ops at the reduction cells' inputs, C = 40 at 32 x 32 and C = 80 at 16 x 16.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -18,6 +17,7 @@ import torch
 
 from .. import _ext
 from ..ops import dispatch
+from ..info import cpu_name
 from ..ops.backends import STATUS
 from ..ops.conv import relu_conv2d
 from ..ops.depthwise import relu_dwconv
@@ -221,7 +221,7 @@ def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups:
     why = _ext.load()[1]
     capability = torch.ops.natfast.cpu_capability() if _ext.has_op("cpu_capability") else "no CPU kernels"
     sgemm = sgemm_gflops(repeats)
-    result: Dict = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    result: Dict = {"machine": cpu_name(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "extension": why, "cpu_backend": STATUS.get("cpu", "not loaded"),
                     "cpu_capability": capability, "batch": batch, "repeats": repeats, "sgemm_gflops": sgemm}
     for group in groups or GROUPS:

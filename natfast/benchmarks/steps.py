@@ -15,6 +15,7 @@ import torch
 
 from .. import executor, lane_workers
 from ..config import SearchConfig
+from ..info import cpu_name
 from ..ops.dispatch import use_backend
 from ..search import Searcher, step_generator
 from . import interleaved_median_ms, median_ms, positive_int
@@ -68,7 +69,7 @@ def main(argv: List[str]) -> Dict:
             s.cfg.executor = False
         return run
 
-    result: Dict = {"device": str(s.device), "threads": torch.get_num_threads(),
+    result: Dict = {"device": str(s.device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
                     "batch_size": args.batch_size, "layers": args.layers, "channels": args.channels,
                     "repeats": args.repeats, "torch": torch.__version__}
     for name, update, stream in (("update_w", s.update_w, 0), ("update_theta", s.update_theta, 1)):
