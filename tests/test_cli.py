@@ -250,7 +250,8 @@ def test_cpu_name_tells_apart_cpus_that_share_a_model_name(tmp_path, monkeypatch
     cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
                        "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: other\n")
     real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.setattr(builtins, "open",
+                        lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
     assert info.cpu_name() == "AMD EPYC (family 25, model 17, AVX-512)"
     cpuinfo.write_text("processor\t: 0\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
     assert info.cpu_name() == "AMD EPYC (family 23, model 1)"

@@ -107,7 +107,8 @@ def main(argv: List[str]) -> Dict:
     supernet, archs, batches = workload(args)
     device = batches[0][0].device
     batched_loader = ListLoader(batches)
-    result: Dict = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(), "candidates": args.candidates,
+    result: Dict = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                    "candidates": args.candidates,
                     "distinct_architectures": len(set(map(str, archs))), "validation_samples": sum(len(y) for _, y in batches),
                     "layers": args.layers, "channels": args.channels}
     variants = {"batched": lambda: score_architectures(supernet, archs, batched_loader),

@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import _ext
-from ..ops import dispatch
 from ..info import cpu_name
+from ..ops import dispatch
 from ..ops.backends import STATUS
 from ..ops.conv import relu_conv2d
 from ..ops.depthwise import relu_dwconv
