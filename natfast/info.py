@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import subprocess
+import sys
 from typing import Any, Dict
 
 import torch
@@ -20,7 +22,15 @@ OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "conv1x1_bn", "cat_conv1x1_bn", 
 def cpu_name() -> str:
     """The CPU, as precisely as cheaply known: on Linux its model name, and on x86 its family and
     model numbers and whether it has AVX-512 (clouds often report a bare "AMD EPYC" for CPUs
-    generations apart, whose timings differ); elsewhere what `platform` says."""
+    generations apart, whose timings differ); on macOS the brand string ("Apple M2 Pro", where
+    `platform` says only "arm"); elsewhere what `platform` says."""
+    if sys.platform == "darwin":
+        try:
+            brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                   text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            brand = ""
+        return brand or platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             first = fh.read().split("\n\n")[0]

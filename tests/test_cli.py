@@ -255,3 +255,13 @@ def test_cpu_name_tells_apart_cpus_that_share_a_model_name(tmp_path, monkeypatch
     assert info.cpu_name() == "AMD EPYC (family 25, model 17, AVX-512)"
     cpuinfo.write_text("processor\t: 0\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
     assert info.cpu_name() == "AMD EPYC (family 23, model 1)"
+
+
+def test_cpu_name_on_macos_is_the_brand_string(monkeypatch):
+    import subprocess as sp
+    from natfast import info
+    monkeypatch.setattr(info.sys, "platform", "darwin")
+    monkeypatch.setattr(info.subprocess, "run", lambda cmd, **k: sp.CompletedProcess(cmd, 0, "Apple M2 Pro\n", ""))
+    assert info.cpu_name() == "Apple M2 Pro"
+    monkeypatch.setattr(info.subprocess, "run", lambda cmd, **k: sp.CompletedProcess(cmd, 1, "", "unknown oid"))
+    assert info.cpu_name() == (info.platform.processor() or info.platform.machine())
