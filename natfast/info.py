@@ -24,23 +24,24 @@ def cpu_name() -> str:
     model numbers and whether it has AVX-512 (clouds often report a bare "AMD EPYC" for CPUs
     generations apart, whose timings differ); on macOS the brand string ("Apple M2 Pro", where
     `platform` says only "arm"); elsewhere what `platform` says."""
+    fallback = platform.processor() or platform.machine()
     if sys.platform == "darwin":
         try:
             brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                                    text=True, timeout=5).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             brand = ""
-        return brand or platform.processor() or platform.machine()
+        return brand or fallback
     try:
         with open("/proc/cpuinfo") as fh:
             first = fh.read().split("\n\n")[0]
     except OSError:
-        return platform.processor() or platform.machine()
+        return fallback
     fields = {}
     for line in first.splitlines():
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or platform.processor() or platform.machine()
+    name = fields.get("model name") or fallback
     if "cpu family" in fields and "model" in fields:
         name += f" (family {fields['cpu family']}, model {fields['model']}"
         name += ", AVX-512)" if "avx512f" in fields.get("flags", "").split() else ")"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from natfast.cli import main
-from natfast.info import cpu_name
 from natfast.genotype import get_named, load_arch, parse
+from natfast.info import cpu_name
 from natfast.transitions import is_valid_transformation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,6 +246,7 @@ def test_cpu_name_tells_apart_cpus_that_share_a_model_name(tmp_path, monkeypatch
     # Cloud VMs report "AMD EPYC" for Zen 1 and Zen 4 alike; the family, model and AVX-512 differ.
     import builtins
     from natfast import info
+    monkeypatch.setattr(info.sys, "platform", "linux")   # the /proc/cpuinfo branch, on any test host
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
                        "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nmodel name\t: other\n")
