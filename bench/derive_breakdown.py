@@ -125,6 +125,8 @@ def main() -> None:
     score()   # warm up
     with lane_workers.at_most(1):
         result = op_times(score)
+        # The same pass uninstrumented, timed on its own: what the per-op times are shares of.
+        result["whole_pass_ms"] = interleaved_median_ms({"whole": score}, args.rounds)["whole"]
     result["matmul_gflops"] = round(matmul_gflops(batches[0][0].device), 1)
     ms = interleaved_median_ms({"in_place": with_sums_in_place(True), "new_tensor": with_sums_in_place(False)},
                                args.rounds)

@@ -6,14 +6,16 @@ import torch
 
 from natfast.ops import dispatch, gcn_policy_logits, relu_dwconv
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
 
-def _timed(benchmark, fn):
+def _timed(benchmark, fn, op, backend):
     def run():
         fn()
         torch.cuda.synchronize()
-    run()  # compile outside the timing
+    with dispatch.recording() as used:
+        run()  # compile outside the timing
+    assert used.get(op) == {backend}, f"timing {op} under {backend} would time {used}"
     benchmark(run)
 
 
@@ -27,7 +29,7 @@ def test_relu_dwconv_fwd_bwd(benchmark, backend, batch):
         with dispatch.use_backend("auto", relu_dwconv=backend):
             y = relu_dwconv(x, w, 1, 1)
         torch.autograd.grad(y, (x, w), torch.ones_like(y))
-    _timed(benchmark, step)
+    _timed(benchmark, step, "relu_dwconv", backend)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
@@ -42,4 +44,4 @@ def test_gcn_policy_1024_cells(benchmark, backend):
         with dispatch.use_backend("auto", gcn_policy_logits=backend):
             out = gcn_policy_logits(adj, x, *params)
         out.sum().backward()
-    _timed(benchmark, step)
+    _timed(benchmark, step, "gcn_policy_logits", backend)

@@ -66,7 +66,7 @@ def _bwd_kernel(logits_ptr, mask_ptr, act_ptr, g_logp_ptr, g_ent_ptr, dz_ptr, M,
     dz = g_logp[:, None] * (onehot - p) - g_ent[:, None] * p * (logp + entropy[:, None])
     dz = tl.where(allowed, dz, 0.0)
     addr = rows[:, None].to(tl.int64) * P + cols[None, :]
-    tl.store(dz_ptr + addr, dz.to(dz_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < P))
+    tl.store(dz_ptr + addr, dz, mask=(rows[:, None] < M) & (cols[None, :] < P))
 
 
 def _meta(p: int):
@@ -87,7 +87,10 @@ def forward(logits: torch.Tensor, mask: torch.Tensor, uniform):
 
 
 def backward(logits, mask, actions, g_logp, g_ent) -> torch.Tensor:
+    """d loss / d logits, in the logits' dtype. Written in float32 and cast once here: the policy's
+    logits are a few hundred values, and Triton's interpreter stored a bfloat16 dz from this kernel
+    as garbage (NaN and denormals), while float32 is exact on both."""
     m, p = logits.shape
-    dz = torch.empty_like(logits)
+    dz = torch.empty(logits.shape, device=logits.device, dtype=torch.float32)
     _bwd_kernel[(triton.cdiv(m, ROWS),)](logits, mask.view(torch.uint8), actions, g_logp, g_ent, dz, m, p, **_meta(p))
-    return dz
+    return dz.to(logits.dtype)

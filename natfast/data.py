@@ -154,7 +154,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # Splitting and batching
 
 
-def _mix_seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A well-spread 63-bit seed from integers (splitmix64), so nearby (epoch, batch) never collide."""
     mask = (1 << 64) - 1
     h = 0x9E3779B97F4A7C15
@@ -213,7 +213,7 @@ class BatchLoader:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         order = self.indices
         if self.shuffle:
-            g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, _PERM_STREAM))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, _PERM_STREAM))
             order = order[torch.randperm(len(order), generator=g).numpy()]
         return self._batches(order, epoch, start_batch)
 
@@ -226,7 +226,7 @@ class BatchLoader:
 
     def _make_batch(self, idx: np.ndarray, epoch: int, batch: int) -> torch.Tensor:
         x = torch.from_numpy(self.dataset.x[idx])  # (B, 32, 32, 3) uint8
-        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, batch, _AUG_STREAM))
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, batch, _AUG_STREAM))
         if self.augment:
             x = _crop_flip(x, g)
         # Permute while still uint8 (4x cheaper to copy), then one float multiply-add.

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 
@@ -74,10 +74,44 @@ def collect() -> Dict[str, Any]:
         "backends": dict(status),
         "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
         "executor": _executor_status(),
+        "missing_fast_paths": missing_fast_paths(),
         "lane_workers": lane_workers.describe(),
         "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
     }
     return info
+
+
+def expected_fast_paths() -> Tuple[str, ...]:
+    """The fast paths a normal install runs on this machine: the C++ extension (CPU kernels and the
+    executor) everywhere but Windows (setup.py skips it there), with its CUDA kernels where there is a
+    GPU; Triton on Linux (torch's wheels bring it) where there is a GPU or its CPU interpreter is asked
+    for (NATFAST_TRITON_INTERPRET=1)."""
+    expected = () if sys.platform == "win32" else ("cpu_kernels", "executor")
+    gpu = torch.cuda.is_available()
+    if gpu and sys.platform != "win32":
+        expected += ("cuda_kernels",)
+    if sys.platform.startswith("linux") and (gpu or os.environ.get("NATFAST_TRITON_INTERPRET") == "1"):
+        expected += ("triton",)
+    return expected
+
+
+def missing_fast_paths() -> Dict[str, str]:
+    """{fast path: why it is not active} for each expected one that is not (the test suite refuses
+    to run without them unless told: its kernel tests would otherwise be skipped, not failed)."""
+    module, why = _ext.load()
+    status = load_all()
+    expected = expected_fast_paths()
+    missing = {}
+    if "cpu_kernels" in expected and "cpu" not in dispatch.registered("relu_dwconv"):
+        missing["cpu_kernels"] = why if module is None else status.get("cpu", "not loaded")
+    if "executor" in expected and not executor.available():
+        missing["executor"] = (why if module is None else "NATFAST_EXECUTOR=0"
+                               if os.environ.get("NATFAST_EXECUTOR", "1") == "0"
+                               else "natfast._C has no natfast::executor_forward")
+    for path, backend in (("cuda_kernels", "cuda"), ("triton", "triton")):
+        if path in expected and not status.get(backend, "").startswith("active"):
+            missing[path] = status.get(backend, "not loaded")
+    return missing
 
 
 def _executor_status() -> str:
@@ -115,6 +149,8 @@ def format_text(info: Dict[str, Any]) -> str:
              f"extension: {info['extension']}"]
     lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
     lines.append(f"executor: {info['executor']}")
+    for path, why in info["missing_fast_paths"].items():
+        lines.append(f"MISSING fast path {path}: {why}")
     lines.append(f"CPU scoring lane workers: {info['lane_workers']}")
     lines.append(f"forced backend (NATFAST_BACKEND): {info['forced_backend']}")
     for op, per_dev in info["dispatch"].items():

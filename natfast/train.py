@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, describe, to_dict
-from .data import ArrayDataset, BatchLoader, load_cifar10
+from .data import ArrayDataset, BatchLoader, load_cifar10, mix_seed
 from .genotype import load_arch
 from .network import Network
 from .progress import Progress
 from .search import pick_device
 
+DROP_PATH_STREAM = 2  # data.py's streams are 0 (order) and 1 (augmentation)
 RESUME_KEYS = ("arch", "channels", "layers", "batch_size", "seed", "data", "train_limit", "auxiliary_weight")
 
 
@@ -46,6 +47,9 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         model.drop_path_prob = cfg.drop_path * self.epoch / cfg.epochs
+        # Drop-path draws from torch's global generator: seeded per epoch, so that a run resumed at an
+        # epoch boundary draws exactly what an uninterrupted one does.
+        torch.manual_seed(mix_seed(cfg.seed, self.epoch, DROP_PATH_STREAM))
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr(self.epoch)
         total_loss = correct = seen = 0

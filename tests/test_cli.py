@@ -195,10 +195,24 @@ def test_bench_steps_and_derive_print_their_contract_keys():
     assert result["max_score_difference"] == 0.0   # batched scoring gives the sequential accuracies
     # The arithmetic: sharing the stem computes less than running each architecture alone.
     assert 0 < result["derive_gflop"] < result["sequential_gflop"]
-    assert result["matmul_gflops"] > 0
-    floor_ms = result["derive_gflop"] / result["matmul_gflops"] * 1000
-    assert result["derive_floor_ms"] == pytest.approx(floor_ms, rel=1e-2)
-    assert result["speedup_bound_vs_sequential"] == pytest.approx(result["sequential_derive_ms"] / floor_ms, rel=2e-2)
+    # The floor is what no kernel can beat: against a matmul rate measured here, independently of the
+    # bench (a factor of 4 either way is noise on a shared CPU; a unit error is 1000x), it is below the
+    # measured time, and the bound is at least the speedup the batched path achieves.
+    independent_gflops = _matmul_gflops()
+    assert 0.25 < result["derive_floor_ms"] / (result["derive_gflop"] / independent_gflops * 1000) < 4
+    assert result["derive_floor_ms"] < result["derive_ms"]
+    assert result["speedup_bound_vs_sequential"] >= result["sequential_derive_ms"] / result["derive_ms"]
+
+
+def _matmul_gflops(n: int = 512, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / sorted(times)[repeats // 2] / 1e9
 
 
 def test_derive_breakdown_times_every_op_of_a_pass():
@@ -208,10 +222,11 @@ def test_derive_breakdown_times_every_op_of_a_pass():
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     ops = result["ops"]
-    assert "node_sum" in ops and ops["rest"]["ms"] >= 0
+    assert "node_sum" in ops
     timed = [v for k, v in ops.items() if k != "rest"]
-    assert sum(v["ms"] for v in ops.values()) == pytest.approx(result["pass_ms"], abs=0.5)
     assert all(v["ms"] > 0 and v["calls"] > 0 for v in timed)
+    # The parts fit in the whole: against the same pass timed uninstrumented, within noise.
+    assert sum(v["ms"] for v in timed) <= 1.5 * result["whole_pass_ms"] + 1.0
     if "cpu_dwconv_pointwise_bn_forward" in ops:   # the C++ kernels are built
         assert ops["cpu_dwconv_pointwise_bn_forward"]["gflops"] > 0
     assert result["sums_in_place_ms"] > 0 and result["sums_new_tensor_ms"] > 0

@@ -67,7 +67,8 @@ def _assert_same(fast, ref, dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kernel,stride,dilation", [(k, s, d) for k in (3, 5) for s in (1, 2) for d in (1, 2)])
+# Every window the kernels accept: odd sizes up to 7, any dilation (3 makes a 7x7 filter span 19).
+@pytest.mark.parametrize("kernel,stride,dilation", [(k, s, d) for k in (1, 3, 5, 7) for s in (1, 2) for d in (1, 2, 3)])
 def test_relu_dwconv_equals_reference(dtype, kernel, stride, dilation):
     gen = torch.Generator().manual_seed(kernel * 100 + stride * 10 + dilation)
     for shape in SHAPES:
@@ -96,7 +97,7 @@ def test_relu_dwconv_non_contiguous(layout):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("kernel,stride", [(k, s) for k in (1, 3, 5, 7) for s in (1, 2)])
 def test_pool2d_equals_reference(dtype, kind, kernel, stride):
     gen = torch.Generator().manual_seed(kernel * 10 + stride)
     for shape in SHAPES:
@@ -235,40 +236,59 @@ def test_dispatch_picks_the_kernels_and_can_be_switched_off():
 
 _PORTABLE_CHECK = """
 import torch
+from natfast.ops import dispatch
 from natfast.ops.backends import cpu
+from natfast.ops.conv import relu_conv2d_reference
 from natfast.ops.depthwise import relu_dwconv_reference
-from natfast.ops.fused import conv1x1_bn_reference
+from natfast.ops.fused import (conv1x1_bn_reference, factorized_reduce_bn_reference, relu_conv_bn_reference,
+                               sep_conv_bn_reference)
+from natfast.ops.norm import group_batch_norm_reference
 from natfast.ops.pool import pool2d_reference
+
+
+def plain(fn):  # the reference on plain PyTorch: fused references call dispatched ops, which would run this build
+    def run(*args):
+        with dispatch.use_backend("reference"):
+            return fn(*args)
+    return run
+
+
+def same(fast, ref):
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
 torch.manual_seed(0)
 x = torch.randn(2, 3, 13, 11)
 for s in (1, 2):
     w = torch.randn(3, 1, 3, 3)
-    torch.testing.assert_close(cpu.relu_dwconv_cpu(x, w, s, 2), relu_dwconv_reference(x, w, s, 2), rtol=1e-4, atol=1e-4)
+    same(cpu.relu_dwconv_cpu(x, w, s, 2), plain(relu_dwconv_reference)(x, w, s, 2))
     for kind in ("max", "avg"):
-        torch.testing.assert_close(cpu.pool2d_cpu(x, kind, 3, s), pool2d_reference(x, kind, 3, s), rtol=1e-4, atol=1e-4)
+        same(cpu.pool2d_cpu(x, kind, 3, s), plain(pool2d_reference)(x, kind, 3, s))
 w = torch.randn(20, 3, 1, 1)  # natfast's own GEMM (no BLAS), portable build
-torch.testing.assert_close(cpu.conv1x1_bn_cpu(x, w, (1, 1), 1e-5, True), conv1x1_bn_reference(x, w, (1, 1), 1e-5, True),
-                           rtol=1e-4, atol=1e-4)
-from natfast.ops.fused import relu_conv_bn_reference
+same(cpu.conv1x1_bn_cpu(x, w, (1, 1), 1e-5, True), plain(conv1x1_bn_reference)(x, w, (1, 1), 1e-5, True))
 for shape, stride in (((2, 3, 12, 10), 1), ((2, 3, 13, 11), 1), ((2, 3, 13, 11), 2)):  # Winograd, direct, direct
     x, w = torch.randn(shape), torch.randn(5, 3, 3, 3)
-    torch.testing.assert_close(cpu.relu_conv_bn_cpu(x, w, stride, (1, 1), 1e-5),
-                               relu_conv_bn_reference(x, w, stride, (1, 1), 1e-5), rtol=1e-4, atol=1e-4)
-from natfast.ops.fused import factorized_reduce_bn_reference
+    same(cpu.relu_conv_bn_cpu(x, w, stride, (1, 1), 1e-5), plain(relu_conv_bn_reference)(x, w, stride, (1, 1), 1e-5))
 parts, w = [torch.randn(2, 3, 12, 10), torch.randn(2, 2, 12, 10)], torch.randn(4, 5, 1, 1)
 with torch.no_grad():
-    torch.testing.assert_close(cpu.factorized_reduce_bn_cpu(parts, w, w, (1, 1), 1e-5),
-                               factorized_reduce_bn_reference(parts, w, w, (1, 1), 1e-5), rtol=1e-4, atol=1e-4)
-from natfast.ops.fused import sep_conv_bn_reference
+    same(cpu.factorized_reduce_bn_cpu(parts, w, w, (1, 1), 1e-5),
+         plain(factorized_reduce_bn_reference)(parts, w, w, (1, 1), 1e-5))
 x = torch.randn(2, 6, 12, 10)  # a scoring kernel: depthwise and pointwise per sample, BN sums
 dws, pws = [torch.randn(6, 1, 5, 5) for _ in "ab"], [torch.randn(6, 6, 1, 1) for _ in "ab"]
 with torch.no_grad():
     for s in (1, 2):
-        torch.testing.assert_close(cpu.sep_conv_bn_cpu(x, dws[0], pws[0], dws[1], pws[1], s, (1, 1), 1e-5),
-                                   sep_conv_bn_reference(x, dws[0], pws[0], dws[1], pws[1], s, (1, 1), 1e-5),
-                                   rtol=1e-4, atol=1e-4)
-# Backward through each kernel that has one: the same gradients as the reference's.
-from natfast.ops.norm import group_batch_norm_reference
+        same(cpu.sep_conv_bn_cpu(x, dws[0], pws[0], dws[1], pws[1], s, (1, 1), 1e-5),
+             plain(sep_conv_bn_reference)(x, dws[0], pws[0], dws[1], pws[1], s, (1, 1), 1e-5))
+from natfast.ops.fused import cat_conv1x1_bn_each_reference, dil_conv_bn_reference
+parts, ws = [torch.randn(2, 3, 12, 10), torch.randn(2, 2, 12, 10)], [torch.randn(4, 5, 1, 1) for _ in "ab"]
+x, dw, pw = torch.randn(2, 6, 13, 11), torch.randn(6, 1, 3, 3), torch.randn(5, 6, 1, 1)
+with torch.no_grad():
+    for fast, ref in zip(cpu.cat_conv1x1_bn_each_cpu(parts, ws, (1, 1), 1e-5, True),
+                         plain(cat_conv1x1_bn_each_reference)(parts, ws, (1, 1), 1e-5, True)):
+        same(fast, ref)
+    for s in (1, 2):
+        same(cpu.dil_conv_bn_cpu(x, dw, pw, s, 2, (1, 1), 1e-5), plain(dil_conv_bn_reference)(x, dw, pw, s, 2, (1, 1), 1e-5))
+# Backward through each kernel that has one: the same outputs and gradients as plain PyTorch's.
 x = torch.randn(4, 3, 13, 11)
 cases = [(lambda x, w: cpu.relu_dwconv_cpu(x, w, 2, 1), lambda x, w: relu_dwconv_reference(x, w, 2, 1), (3, 1, 3, 3)),
          (lambda x, w: cpu.relu_dwconv_cpu(x, w, 1, 2), lambda x, w: relu_dwconv_reference(x, w, 1, 2), (3, 1, 5, 5)),
@@ -279,18 +299,40 @@ cases = [(lambda x, w: cpu.relu_dwconv_cpu(x, w, 2, 1), lambda x, w: relu_dwconv
 for kind in ("max", "avg"):
     cases.append((lambda x, w, k=kind: cpu.pool2d_cpu(x * w, k, 3, 2),
                   lambda x, w, k=kind: pool2d_reference(x * w, k, 3, 2), (1, 3, 1, 1)))
-from natfast.ops.conv import relu_conv2d_reference
 cases.append((lambda x, w: cpu.ReluConv3x3Winograd.apply(x[:, :, :12, :10], w),
               lambda x, w: relu_conv2d_reference(x[:, :, :12, :10], w, 1), (5, 3, 3, 3)))
+from natfast.ops.fused import cat_conv1x1_bn_reference, pool_bn_reference
+cases.append((lambda x, w: cpu.pool_bn_cpu(x * w, "max", 3, 2, (1, 3), 1e-5),
+              lambda x, w: pool_bn_reference(x * w, "max", 3, 2, (1, 3), 1e-5), (1, 3, 1, 1)))
+cases.append((lambda x, w: cpu.cat_conv1x1_bn_cpu([x[:, :2], x[:, 2:]], w, (2, 2), 1e-5, True),
+              lambda x, w: cat_conv1x1_bn_reference([x[:, :2], x[:, 2:]], w, (2, 2), 1e-5, True), (7, 3, 1, 1)))
 for fast, ref, w_shape in cases:
     w = torch.randn(w_shape)
-    g = torch.randn_like(ref(x, w))
-    grads = []
-    for fn in (fast, ref):
+    g = torch.randn_like(plain(ref)(x, w))
+    results = []
+    for fn in (fast, plain(ref)):
         xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
-        grads.append(torch.autograd.grad(fn(xi, wi), (xi, wi), g))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        y = fn(xi, wi)
+        results.append((y.detach(), *torch.autograd.grad(y, (xi, wi), g)))
+    for a, b in zip(*results):
+        same(a, b)
+# The executor on this build's kernels against the Python path on plain PyTorch, forward and backward.
+from natfast import executor
+from natfast.genotype import NAMED, get_family
+from natfast.supernet import Supernet
+genotype, family = NAMED["DARTS"]
+net = Supernet(get_family(family), channels=4, layers=3)
+x = torch.randn(2, 3, 8, 8)
+assert executor.runs_cpu_kernels(x)
+results = []
+for run in (executor.compile_arch(net, genotype).run, plain(lambda inp: net(inp, genotype))):
+    xi = x.clone().requires_grad_()
+    y = run(xi)
+    results.append((y.detach(), *torch.autograd.grad(y.square().sum(), [xi, *net.parameters()], allow_unused=True)))
+for a, b in zip(*results):
+    assert (a is None) == (b is None)
+    if a is not None:
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-4 * max(1.0, b.abs().max().item()))
 print(torch.ops.natfast.cpu_capability(), "ok")
 """
 

@@ -1,7 +1,7 @@
-"""The compiled sampled-path executor equals `Supernet.forward`, forward and backward, for random
-architectures of both families (null edges, repeated edges, partial and reordered concats, loose
-ends, dead nodes), in float64 and float32. Both sides run the same kernels: ATen's under the
-reference backend, natfast's C++ CPU kernels under the default one, so they agree to rounding."""
+"""The compiled sampled-path executor equals `Supernet.forward` on plain PyTorch, forward and backward,
+for random architectures of both families (null edges, repeated edges, partial and reordered concats,
+loose ends, dead nodes), in float64 and float32, with ATen's ops (reference backend) and with
+natfast's C++ CPU kernels (the default)."""
 import random
 
 import pytest
@@ -50,9 +50,13 @@ def forward_backward(net, run, x):
 
 
 def assert_same(net, genotype, x, tol, backend="reference"):
-    with dispatch.use_backend(backend):
+    """The executor under `backend` (natfast's CPU kernels for "auto") against the Python path on plain
+    PyTorch, forward and backward."""
+    with dispatch.use_backend("reference"):
         expected = forward_backward(net, lambda inp: net(inp, genotype), x)
+    with dispatch.use_backend(backend):
         plan = executor.compile_arch(net, genotype)
+        assert executor.runs_cpu_kernels(x) == (backend == "auto")
         got = forward_backward(net, plan.run, x)
     torch.testing.assert_close(got[0], expected[0], **tol)
     torch.testing.assert_close(got[1], expected[1], **tol)
@@ -66,7 +70,9 @@ def assert_same(net, genotype, x, tol, backend="reference"):
 
 
 FAMILIES = ["darts", "enas", "darts++", "enas++"]
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=5e-5)}
+# float32: natfast's kernels sum in other orders than oneDNN (Winograd, natfast's GEMM), through 5
+# cells of BN, which divides by each batch's std: input-gradient differences up to 1e-4 were seen.
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-4)}
 
 
 @pytest.mark.parametrize("family_name", FAMILIES)

@@ -109,15 +109,67 @@ def test_forced_reference_backend_is_used():
 
 def test_recording_names_the_backend_that_ran():
     dispatch.register("probe_op", "reference", lambda x: x)
-    dispatch.register("probe_op", "cpu", lambda x: x, supports=lambda x: x.dtype == torch.float32)
+    dispatch.register("probe_op", "cpu", lambda x: x,
+                      limits=lambda x: None if x.dtype == torch.float32 else f"{x.dtype} (float32 only)")
     try:
         with dispatch.recording() as used:
             dispatch.call("probe_op", torch.randn(2))
-            with dispatch.use_backend("auto", probe_op="cpu"):
-                dispatch.call("probe_op", torch.randn(2, dtype=torch.float64))  # declined: the reference runs
+            dispatch.call("probe_op", torch.randn(2, dtype=torch.float64))  # automatic: the reference serves
         assert used == {"probe_op": {"cpu", "reference"}}
         dispatch.call("probe_op", torch.randn(2))   # outside the block: not recorded
         assert used == {"probe_op": {"cpu", "reference"}}
+    finally:
+        dispatch._registry.pop("probe_op")
+
+
+@pytest.mark.parametrize("force", [dict(name="auto", probe_op="cpu"), dict(name="cpu")])
+def test_a_forced_backend_runs_or_fails_naming_why(force):
+    """Forcing never falls back silently: a declined call raises with the backend's reason."""
+    dispatch.register("probe_op", "reference", lambda x: x * 0)
+    dispatch.register("probe_op", "cpu", lambda x: x,
+                      limits=lambda x: None if x.dtype == torch.float32 else f"{x.dtype} (float32 only)")
+    try:
+        x = torch.randn(2)
+        with dispatch.use_backend(**force):
+            assert torch.equal(dispatch.call("probe_op", x), x)
+            with pytest.raises(dispatch.BackendDeclined, match=r"probe_op: the cpu backend is forced .* "
+                                                               r"torch.float64 \(float32 only\)"):
+                dispatch.call("probe_op", x.double())
+    finally:
+        dispatch._registry.pop("probe_op")
+
+
+def test_forcing_a_backend_that_lacks_the_op():
+    """Per op: an error naming the backend; globally: the op runs its reference (recorded as such)."""
+    dispatch.register("probe_op", "reference", lambda x: x)
+    try:
+        with dispatch.use_backend("auto", probe_op="triton"):
+            with pytest.raises(dispatch.BackendDeclined, match="probe_op: the triton backend is forced .* has no probe_op"):
+                dispatch.call("probe_op", torch.randn(2))
+        with dispatch.recording() as used, dispatch.use_backend("triton"):
+            dispatch.call("probe_op", torch.randn(2))
+        assert used == {"probe_op": {"reference"}}
+    finally:
+        dispatch._registry.pop("probe_op")
+
+
+def test_scoring_only_and_measured_preferences_are_separate_reasons():
+    dispatch.register("probe_op", "reference", lambda x: x)
+    dispatch.register("probe_op", "cpu", lambda x: x, scoring_only=True,
+                      prefer=lambda x: "too wide" if x.shape[0] > 4 else None)
+    try:
+        x = torch.randn(2, requires_grad=True)
+        assert dispatch.explain("probe_op", "cpu", x) == {
+            "reference": None, "cpu": "forward-only kernel (scoring): autograd is recording this call"}
+        with torch.no_grad():
+            assert dispatch.resolve("probe_op", "cpu", x)[0] == "cpu"
+            wide = torch.randn(8)
+            assert dispatch.explain("probe_op", "cpu", wide)["cpu"] == "measured slower: too wide"
+            assert dispatch.resolve("probe_op", "cpu", wide)[0] == "reference"
+            with dispatch.use_backend("auto", probe_op="cpu"):  # forced: preferences do not apply
+                assert dispatch.resolve("probe_op", "cpu", wide)[0] == "cpu"
+        with dispatch.use_backend("auto", probe_op="cpu"), pytest.raises(dispatch.BackendDeclined, match="scoring"):
+            dispatch.call("probe_op", x)
     finally:
         dispatch._registry.pop("probe_op")
 

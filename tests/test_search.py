@@ -35,13 +35,17 @@ def _same_state(a: Searcher, b: Searcher):
     assert vars(a.position) == vars(b.position)
 
 
-@pytest.mark.parametrize("k", [3, 5])   # stop inside the w phase, and inside the theta phase
-def test_resume_gives_the_same_next_step(tmp_path, k):
-    straight = _run(tmp_path, "straight", max_steps=k + 1)
-    _run(tmp_path, "resumed", max_steps=k)
-    resumed = _run(tmp_path, "resumed", max_steps=k + 1, resume=True)
-    assert resumed.position.step == k + 1
+# An epoch is 10 steps (4 w, then 6 theta): stop inside the w phase, inside the theta phase, at the
+# epoch boundary, and inside epoch 0 resuming across the boundary into epoch 1's theta phase.
+@pytest.mark.parametrize("stop,end", [(3, 4), (5, 6), (10, 11), (7, 16)])
+def test_resume_gives_the_same_next_steps(tmp_path, stop, end):
+    straight = _run(tmp_path, "straight", max_steps=end)
+    _run(tmp_path, "resumed", max_steps=stop)
+    resumed = _run(tmp_path, "resumed", max_steps=end, resume=True)
+    assert resumed.position.step == end
     _same_state(straight, resumed)
+    if end > 10:
+        assert resumed.position.epoch == 1
 
 
 def test_resume_refuses_a_different_model(tmp_path):

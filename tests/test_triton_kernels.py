@@ -51,8 +51,9 @@ def run_both(op: str, fn, inputs, seed=99):
     results = {}
     for backend in ("reference", "triton"):
         leaves = [t.detach().clone().requires_grad_(t.requires_grad) if torch.is_tensor(t) else t for t in inputs]
-        with dispatch.use_backend("auto", **{op: backend}):
+        with dispatch.use_backend("auto", **{op: backend}), dispatch.recording() as used:
             out = fn(*leaves)
+        assert used.get(op) == {backend}, f"{op} under {backend} ran {used}"  # never a comparison with itself
         outs = out if isinstance(out, tuple) else (out,)
         diff = [o for o in outs if o.is_floating_point() and o.requires_grad]
         grads_out = [torch.randn(o.shape, generator=_gen(seed + i)).to(o) for i, o in enumerate(diff)]
@@ -277,3 +278,58 @@ def test_relu_dwconv_weight_grad_over_pixel_blocks_and_sample_chunks(k, stride, 
     expected, = torch.autograd.grad(y, w, dy)
     got = load_kernels().dwconv.weight_grad(x, w.detach(), dy, stride, 1, target_programs=target_programs)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def _low_precision_cases():
+    """(op, fn, float32 inputs, indices of inputs that take no gradient) for every Triton op."""
+    mask = torch.rand(7, 2, 9, generator=_gen(201)) < 0.5
+    mask[..., 4] = True
+    return [
+        ("relu_dwconv", lambda a, b: relu_dwconv(a, b, 1, 1), [randn(2, 3, 7, 6, seed=202), randn(3, 1, 3, 3, seed=203, scale=0.5)], ()),
+        ("relu_dwconv", lambda a, b: relu_dwconv(a, b, 2, 2), [randn(2, 3, 9, 8, seed=204), randn(3, 1, 5, 5, seed=205, scale=0.5)], ()),
+        ("pool2d", lambda a: pool2d(a, "avg", 3, 1), [randn(2, 2, 7, 6, seed=206)], ()),
+        ("pool2d", lambda a: pool2d(a, "max", 5, 2), [randn(2, 2, 7, 6, seed=207)], ()),
+        ("group_batch_norm", lambda a: group_batch_norm(a, (2, 3)), [randn(5, 3, 4, 5, seed=208, shift=1.0)], ()),
+        ("bn_node_sum", lambda *xs: bn_node_sum(xs, (2, 3), with_relu=True),
+         [randn(5, 3, 4, 5, seed=209), randn(5, 3, 4, 5, seed=210, scale=2.0)], ()),
+        ("routed_mixed_op", lambda a, w: routed_mixed_op(a, w, 3, 1, (1, 2)),
+         [randn(3, 2, 7, 6, seed=211), torch.rand(3, 4, generator=_gen(212)).to(DEVICE)], ()),
+        ("gcn_policy_logits", gcn_policy_logits, [t.detach() for t in _gcn_inputs(3, 6, 5, 7, 9, seed=213)], (0,)),
+        ("masked_sample", lambda z: masked_sample(z, mask.to(DEVICE), None), [randn(7, 2, 9, seed=214, scale=2.0)], ()),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", range(9))
+def test_low_precision_forward_and_backward(case, dtype):
+    """Each Triton op in float16 and bfloat16, forward and backward, against the reference in float32
+    on the same inputs (rounded to the dtype first, so only the kernel's own rounding differs).
+
+    Tolerances from the dtype's rounding: the kernels read the dtype, compute in float32 and round each
+    stored result once, at most eps/2 of its value (rtol = eps). Normalising ops (BN, and the BN inside
+    the node sum and the mixed op) also keep a normalised tensor in the dtype for the backward, whose
+    mean subtractions cancel: their error is bounded by eps times the tensor's scale, not each value's
+    (atol = 2 eps max|reference|)."""
+    op, fn, inputs, no_grad = _low_precision_cases()[case]
+    eps = torch.finfo(dtype).eps
+    rounded = [t.to(dtype) for t in inputs]
+    results = {}
+    for backend, values in (("reference", [t.float() for t in rounded]), ("triton", rounded)):
+        leaves = [t.detach().clone().requires_grad_(i not in no_grad) for i, t in enumerate(values)]
+        with dispatch.use_backend("auto", **{op: backend}), dispatch.recording() as used:
+            out = fn(*leaves)
+        assert used.get(op) == {backend}
+        outs = out if isinstance(out, tuple) else (out,)
+        diff = [o for o in outs if o.is_floating_point() and o.requires_grad]
+        grads_out = [torch.randn(o.shape, generator=_gen(300 + i)).to(DEVICE).to(dtype).to(o.dtype)
+                     for i, o in enumerate(diff)]
+        grads = torch.autograd.grad(diff, [t for t in leaves if t.requires_grad], grads_out)
+        if backend == "triton":
+            assert all(g.dtype == t.dtype for g, t in zip(grads, [t for t in leaves if t.requires_grad]))
+        results[backend] = [o.detach().float() if o.is_floating_point() else o for o in outs] + [g.float() for g in grads]
+    assert len(results["reference"]) == len(results["triton"])
+    for ref, got in zip(results["reference"], results["triton"]):
+        if not ref.is_floating_point():  # sampled actions: equal
+            assert torch.equal(ref, got)
+            continue
+        torch.testing.assert_close(got, ref, rtol=eps, atol=2 * eps * ref.abs().max().item())

@@ -1,13 +1,26 @@
 """Which implementation runs an operation: the plain-PyTorch reference or a fast backend.
 
-Every hot operation (`relu_dwconv`, `pool2d`, `group_batch_norm`, `gcn_layer`, ...) has a
-reference implementation registered under the backend name "reference". Fast backends
-(C++ CPU kernels, Triton, CUDA C++) register themselves for the device types they serve.
-`resolve(op, tensor)` picks, in order: a per-op override, the forced global backend, then
-the first registered backend whose `supports` accepts the call, in the order of the measured
-table (dispatch_table.py) or else the device's default preference list. Forcing "reference"
-(env `NATFAST_BACKEND=reference`, or `use_backend("reference")`) makes any result
-cross-checkable against plain PyTorch.
+Every hot operation (`relu_dwconv`, `pool2d`, `group_batch_norm`, `gcn_policy_logits`, ...) has a
+reference implementation registered under the backend name "reference". Fast backends (C++ CPU
+kernels, Triton, CUDA C++) register themselves for the device types they serve, each declaring
+three separate things (as xformers' fmha dispatch does):
+
+* `limits(*args) -> reason or None`: what the kernel cannot do (a dtype, a kernel size, a device);
+* `prefer(*args) -> reason or None`: where it can run but was measured slower than the next choice
+  (consulted only when the choice is automatic);
+* `scoring_only`: a forward-only kernel, chosen only when autograd records nothing for these inputs
+  (scoring architectures; the one inference-mode decision, made here for every op).
+
+`resolve(op, device_type, *args)` picks, in order:
+1. a per-op forced backend (`NATFAST_BACKEND=op=name`, `use_backend(op=name)`): it runs, or the call
+   fails with `BackendDeclined` saying why; it never falls back silently;
+2. a forced global backend (`NATFAST_BACKEND=name`, `use_backend(name)`): it runs every op it
+   implements, or the call fails saying why; an op it does not implement runs the reference (and a
+   fused op whose reference is *composite* runs that reference, whose parts are forced in turn);
+3. otherwise the first backend, in the measured order (dispatch_table.py) or the device's default
+   order, that has no reason to decline.
+Forcing "reference" (`NATFAST_BACKEND=reference`, `use_backend("reference")`) makes any result
+cross-checkable against plain PyTorch. `explain(op, device_type, *args)` lists every backend's reason.
 """
 from __future__ import annotations
 
@@ -17,7 +30,9 @@ import os
 import threading
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import torch
 
 from . import dispatch_table
 
@@ -28,30 +43,46 @@ DEFAULT_PREFERENCE: Dict[str, List[str]] = {
 }
 KNOWN_BACKENDS = ("reference", "cpu", "triton", "cuda")
 
+Reason = Optional[str]  # None: no objection
+
+
+class BackendDeclined(RuntimeError):
+    """A forced backend cannot run this call (it never silently hands it to another backend)."""
+
 
 @dataclass
 class Impl:
     fn: Callable
-    # Optional predicate on the call's arguments: lets a backend decline shapes it lacks.
-    supports: Optional[Callable[..., bool]] = None
+    limits: Optional[Callable[..., Reason]] = None
+    prefer: Optional[Callable[..., Reason]] = None
+    scoring_only: bool = False
+    # For a reference: it calls other dispatched ops (so under a forced backend, running it still
+    # runs that backend's kernels for the parts).
+    composite: bool = False
 
 
 _registry: Dict[str, Dict[str, Impl]] = {}
 _state = threading.local()
 
 
-def register(op: str, backend: str, fn: Callable, supports: Optional[Callable[..., bool]] = None) -> None:
+def register(op: str, backend: str, fn: Callable, limits: Optional[Callable[..., Reason]] = None,
+             prefer: Optional[Callable[..., Reason]] = None, scoring_only: bool = False,
+             composite: bool = False) -> None:
     if backend not in KNOWN_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(KNOWN_BACKENDS)}")
-    _registry.setdefault(op, {})[backend] = Impl(fn, supports)
+    _registry.setdefault(op, {})[backend] = Impl(fn, limits, prefer, scoring_only, composite)
 
 
 def registered(op: str) -> List[str]:
     return list(_registry.get(op, {}))
 
 
+def operations() -> List[str]:
+    return sorted(_registry)
+
+
 @functools.lru_cache(maxsize=64)
-def _parse_env(value: str) -> tuple[Optional[str], Mapping[str, str]]:
+def _parse_env(value: str) -> Tuple[Optional[str], Mapping[str, str]]:
     """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides. Cached: every
     dispatched call reads the variable (parsing it each time cost 1.2-1.7 us a call:
     bench/dispatch_overhead.py)."""
@@ -68,7 +99,7 @@ def _parse_env(value: str) -> tuple[Optional[str], Mapping[str, str]]:
     return forced, MappingProxyType(per_op)  # read-only: the cache shares it
 
 
-def _forced() -> tuple[Optional[str], Mapping[str, str]]:
+def _forced() -> Tuple[Optional[str], Mapping[str, str]]:
     stack = getattr(_state, "stack", None)
     if stack:
         return stack[-1]
@@ -114,8 +145,8 @@ def adopt_thread_state(state: tuple) -> Iterator[None]:
 
 @contextlib.contextmanager
 def recording() -> Iterator[Dict[str, set]]:
-    """Collect {op: backend names} of the calls resolved in this block (benchmarks use it to say
-    which backend they timed: a forced backend that declines an input runs the reference)."""
+    """Collect {op: backend names} of the calls resolved in this block (tests and benchmarks use it
+    to prove which backend they checked or timed)."""
     used: Dict[str, set] = {}
     previous = getattr(_state, "record", None)
     _state.record = used
@@ -125,8 +156,42 @@ def recording() -> Iterator[Dict[str, set]]:
         _state.record = previous
 
 
-def resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
-    """The (backend name, function) that runs `op` for these arguments."""
+def _tensors(args) -> Iterator[torch.Tensor]:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+
+
+def records_autograd(*args) -> bool:
+    """Whether autograd records a call on these arguments (then a scoring-only kernel cannot serve it)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(args))
+
+
+def _capability(impl: Impl, args, kwargs) -> Reason:
+    """Why `impl` cannot run this call (None: it can)."""
+    if impl.scoring_only and records_autograd(*args, *kwargs.values()):
+        return "forward-only kernel (scoring): autograd is recording this call"
+    return impl.limits(*args, **kwargs) if impl.limits is not None else None
+
+
+def explain(op: str, device_type: str, *args, **kwargs) -> Dict[str, Reason]:
+    """Every registered backend of `op` and why the automatic choice would skip it for these
+    arguments (None: no reason; the first such backend in the order runs)."""
+    reasons: Dict[str, Reason] = {}
+    for name, impl in _registry[op].items():
+        reason = _capability(impl, args, kwargs)
+        if reason is None and impl.prefer is not None:
+            reason = impl.prefer(*args, **kwargs)
+            reason = None if reason is None else f"measured slower: {reason}"
+        reasons[name] = reason
+    return reasons
+
+
+def resolve(op: str, device_type: str, *args, **kwargs) -> Tuple[str, Callable]:
+    """The (backend name, function) that runs `op` for these arguments; BackendDeclined when a
+    forced backend cannot run it."""
     name, fn = _resolve(op, device_type, *args, **kwargs)
     used = getattr(_state, "record", None)
     if used is not None:
@@ -134,22 +199,44 @@ def resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
     return name, fn
 
 
-def _resolve(op: str, device_type: str, *args, **kwargs) -> tuple[str, Callable]:
+def _declined(op: str, name: str, why: str, per_op: bool) -> BackendDeclined:
+    how = f"NATFAST_BACKEND={op}={name} / use_backend({op}={name!r})" if per_op else \
+        f"NATFAST_BACKEND={name} / use_backend({name!r})"
+    return BackendDeclined(f"{op}: the {name} backend is forced ({how}) but cannot run this call: {why}")
+
+
+def _resolve(op: str, device_type: str, *args, **kwargs) -> Tuple[str, Callable]:
     impls = _registry[op]
     forced, per_op = _forced()
-    wanted = per_op.get(op, forced)
+    wanted = per_op.get(op)
     if wanted is not None:
         impl = impls.get(wanted)
-        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
-            return wanted, impl.fn
-        # A forced backend that lacks this op (or these inputs) falls back to the reference,
-        # never to another fast path.
-        return "reference", impls["reference"].fn
+        if impl is None:
+            from .backends import STATUS
+            status = STATUS.get(wanted, "not loaded")
+            raise _declined(op, wanted, f"it has no {op} here (the {wanted} backend is {status})", True)
+        reason = _capability(impl, args, kwargs)
+        if reason is not None:
+            raise _declined(op, wanted, reason, True)
+        return wanted, impl.fn
+    if forced is not None:
+        impl = impls.get(forced)
+        if impl is None:  # the backend does not implement this op at all
+            return "reference", impls["reference"].fn
+        reason = _capability(impl, args, kwargs)
+        if reason is None:
+            return forced, impl.fn
+        if impls["reference"].composite:  # its parts run on the forced backend (or fail there)
+            return "reference", impls["reference"].fn
+        raise _declined(op, forced, reason, False)
     order = dispatch_table.preference(op, device_type, *args, **kwargs) or DEFAULT_PREFERENCE.get(device_type, ["reference"])
     for name in order:
         impl = impls.get(name)
-        if impl is not None and (impl.supports is None or impl.supports(*args, **kwargs)):
-            return name, impl.fn
+        if impl is None or _capability(impl, args, kwargs) is not None:
+            continue
+        if impl.prefer is not None and impl.prefer(*args, **kwargs) is not None:
+            continue
+        return name, impl.fn
     return "reference", impls["reference"].fn
 
 

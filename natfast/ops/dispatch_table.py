@@ -79,7 +79,9 @@ def _time_ms(fn: Callable[[], object], repeat: int, synchronize: Callable[[], No
 def measure(op: str, make_args: Callable[[int], tuple], sizes: Sequence[int], backends: Sequence[str],
             repeat: int = 20) -> List[Tuple[int, Dict[str, float]]]:
     """Forward + backward time (ms) of `op` under each backend, for the inputs `make_args(size)`
-    builds (tensors that need gradients must have requires_grad set)."""
+    builds (tensors that need gradients must have requires_grad set). A backend that declines the
+    inputs is left out of that size's times (it never times another backend in its name: forcing
+    is strict, and the backend that served every timed call is checked)."""
     import torch
 
     from . import dispatch
@@ -99,7 +101,13 @@ def measure(op: str, make_args: Callable[[int], tuple], sizes: Sequence[int], ba
                     out = dispatch.call(op, *args)
                 out.sum().backward()
 
-            times[name] = _time_ms(step, repeat, sync)
+            try:
+                with dispatch.recording() as used:
+                    times[name] = _time_ms(step, repeat, sync)
+            except dispatch.BackendDeclined:
+                continue
+            if used.get(op) != {name}:
+                raise RuntimeError(f"measuring {op} under {name}: the calls ran {sorted(used.get(op, ()))}")
         results.append((size, times))
     return results
 

@@ -38,7 +38,7 @@ def pool_bn_reference(x: torch.Tensor, kind: str, kernel: int, stride: int, grou
     return group_batch_norm(pool2d(x, kind, kernel, stride), groups, eps)
 
 
-dispatch.register("pool_bn", "reference", pool_bn_reference)
+dispatch.register("pool_bn", "reference", pool_bn_reference, composite=True)
 
 
 def pool_bn(x: torch.Tensor, kind: str, kernel: int = 3, stride: int = 1, groups: Optional[Sequence[int]] = None,
@@ -56,7 +56,7 @@ def conv1x1_bn_reference(x: torch.Tensor, weight: torch.Tensor, groups: Optional
     return group_batch_norm(conv1x1(F.relu(x) if relu_input else x, weight), groups, eps)
 
 
-dispatch.register("conv1x1_bn", "reference", conv1x1_bn_reference)
+dispatch.register("conv1x1_bn", "reference", conv1x1_bn_reference, composite=True)
 
 
 def conv1x1_bn(x: torch.Tensor, weight: torch.Tensor, groups: Optional[Sequence[int]] = None, eps: float = EPS,
@@ -93,7 +93,7 @@ def cat_conv1x1_bn_reference(parts: Sequence[torch.Tensor], weight: torch.Tensor
     return conv1x1_bn(x, weight, groups, eps, relu_input)
 
 
-dispatch.register("cat_conv1x1_bn", "reference", cat_conv1x1_bn_reference)
+dispatch.register("cat_conv1x1_bn", "reference", cat_conv1x1_bn_reference, composite=True)
 
 
 def cat_conv1x1_bn(parts: Sequence[torch.Tensor], weight: torch.Tensor, groups: Optional[Sequence[int]] = None,
@@ -113,7 +113,7 @@ def cat_conv1x1_bn_each_reference(parts: Sequence[torch.Tensor], weights: Sequen
     return [conv1x1_bn(x, w, groups, eps) for w in weights]
 
 
-dispatch.register("cat_conv1x1_bn_each", "reference", cat_conv1x1_bn_each_reference)
+dispatch.register("cat_conv1x1_bn_each", "reference", cat_conv1x1_bn_each_reference, composite=True)
 
 
 def cat_conv1x1_bn_each(parts: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
@@ -151,7 +151,7 @@ def factorized_reduce_bn_reference(parts: Sequence[torch.Tensor], weight_a: torc
                      dim=1)
 
 
-dispatch.register("factorized_reduce_bn", "reference", factorized_reduce_bn_reference)
+dispatch.register("factorized_reduce_bn", "reference", factorized_reduce_bn_reference, composite=True)
 
 
 def factorized_reduce_bn(parts: Sequence[torch.Tensor], weight_a: torch.Tensor, weight_b: torch.Tensor,
@@ -172,7 +172,7 @@ def relu_conv_bn_reference(x: torch.Tensor, weight: torch.Tensor, stride: int, g
     return group_batch_norm(relu_conv2d(x, weight, stride), groups, eps)
 
 
-dispatch.register("relu_conv_bn", "reference", relu_conv_bn_reference)
+dispatch.register("relu_conv_bn", "reference", relu_conv_bn_reference, composite=True)
 
 
 def relu_conv_bn(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, groups: Optional[Sequence[int]] = None,
@@ -193,7 +193,7 @@ def dil_conv_bn_reference(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: t
     return conv1x1_bn(relu_dwconv(x, dw_weight, stride, dilation), pw_weight, groups, eps)
 
 
-dispatch.register("dil_conv_bn", "reference", dil_conv_bn_reference)
+dispatch.register("dil_conv_bn", "reference", dil_conv_bn_reference, composite=True)
 
 
 def _check_dwconv_pointwise(op: str, x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
@@ -227,7 +227,7 @@ def sep_conv_bn_reference(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor,
     return dil_conv_bn_reference(y, dw2, pw2, 1, 1, groups, eps)
 
 
-dispatch.register("sep_conv_bn", "reference", sep_conv_bn_reference)
+dispatch.register("sep_conv_bn", "reference", sep_conv_bn_reference, composite=True)
 
 
 def sep_conv_bn(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: torch.Tensor, pw2: torch.Tensor,

@@ -1,4 +1,4 @@
-"""3x3 and 5x5 max/average pooling ('same' padding; the average excludes the padding)."""
+"""k x k max/average pooling, k odd ('same' padding; the average excludes the padding)."""
 from __future__ import annotations
 
 import torch
@@ -20,4 +20,7 @@ dispatch.register("pool2d", "reference", pool2d_reference)
 def pool2d(x: torch.Tensor, kind: str, kernel: int = 3, stride: int = 1) -> torch.Tensor:
     if kind not in ("max", "avg"):
         raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+    if x.dim() != 4 or kernel < 1 or kernel % 2 == 0 or stride < 1:
+        raise ValueError(f"pool2d needs an (N, C, H, W) input, an odd kernel size and stride >= 1, got "
+                         f"{tuple(x.shape)}, kernel {kernel}, stride {stride}")
     return dispatch.call("pool2d", x, kind, kernel, stride)

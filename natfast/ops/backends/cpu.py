@@ -7,7 +7,7 @@ relu_conv2d's k = 3, stride-1 case runs the extension's Winograd kernel where it
 
 The kernels take contiguous NCHW float32 (AVX2/FMA, 128-bit vectors or portable, chosen at run
 time) or float64 (portable) tensors; anything else (other dtypes, windows wider than 7, stride > 2)
-is declined through `supports` and runs the reference. `dispatch.use_backend("reference")` or
+is declined (each op's `_limits_*` says why) and runs the reference. `dispatch.use_backend("reference")` or
 NATFAST_BACKEND=reference switches them off.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import dispatch
+from ..dispatch import Reason
 from .. import fused  # noqa: F401  (defines the pool_bn and conv1x1_bn dispatch ops and their references)
 from ... import _ext
 
@@ -261,15 +262,43 @@ def sep_conv_bn_cpu(x: torch.Tensor, dw1: torch.Tensor, pw1: torch.Tensor, dw2: 
     return torch.ops.natfast.cpu_dwconv_pointwise_bn_forward(raw, scale, shift, dw2, pw2, 1, 1, groups, eps, True)[0]
 
 
-def _plain(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _DTYPES and x.dim() == 4
+def _plain(*tensors: torch.Tensor) -> Reason:
+    """The kernels' common limits: 4-D CPU tensors of one float type they are built for."""
+    first = tensors[0]
+    if first.device.type != "cpu":
+        return f"a {first.device.type} tensor (CPU kernels)"
+    if first.dim() != 4:
+        return f"a {first.dim()}-D input (kernels take N, C, H, W)"
+    if first.dtype not in _DTYPES:
+        return f"{first.dtype} (kernels are built for float32 and float64)"
+    if any(t.dtype != first.dtype for t in tensors[1:]):
+        return f"mixed dtypes {sorted({str(t.dtype) for t in tensors})}"
+    return None
 
 
-def _supports_relu_dwconv(x, weight, stride, dilation) -> bool:
-    k = weight.shape[-1]
-    return (_plain(x) and weight.dtype == x.dtype and weight.dim() == 4 and weight.shape[1] == 1
-            and weight.shape[0] == x.shape[1] and weight.shape[2] == k and k % 2 == 1 and k <= _MAX_KERNEL
-            and stride in (1, 2) and dilation >= 1)
+def _bn_values(groups, batch: int, pixels: int) -> Reason:
+    # BN of a single value per channel is an error; the reference raises it (same message everywhere).
+    return "one value per channel in a BN group" if (min(groups) if groups else batch) * pixels <= 1 else None
+
+
+def _out_pixels(x: torch.Tensor, stride: int) -> int:
+    return ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+
+
+def _window(kernel: int, stride: int, dilation: int = 1) -> Reason:
+    if kernel % 2 == 0 or kernel > _MAX_KERNEL:
+        return f"a {kernel}x{kernel} window (odd sizes up to {_MAX_KERNEL})"
+    if stride not in (1, 2):
+        return f"stride {stride} (1 or 2)"
+    if dilation < 1:
+        return f"dilation {dilation}"
+    return None
+
+
+def _limits_relu_dwconv(x, weight, stride, dilation) -> Reason:
+    if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1] or weight.shape[2] != weight.shape[3]:
+        return f"weight {tuple(weight.shape)} is not a square depthwise filter of the input's {x.shape[1]} channels"
+    return _plain(x, weight) or _window(weight.shape[-1], stride, dilation)
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,111 +312,106 @@ def _winograd_fits(x, weight, stride) -> bool:
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and _has_winograd())
 
 
-def _supports_relu_conv2d(x, weight, stride=1) -> bool:
+def _limits_relu_conv2d(x, weight, stride=1) -> Reason:
+    # oneDNN runs the rest; this backend adds the layout (and Winograd), for float32 only.
+    return _plain(x, weight) or (None if x.dtype == torch.float32 else f"{x.dtype} (float32 only)")
+
+
+def _prefer_relu_conv2d(x, weight, stride=1) -> Reason:
     # Measured (bench/RESULTS.md): Winograd at every width; oneDNN channels-last 1.6x at C_in = 20,
     # none at 40 or 80.
-    if not (_plain(x) and x.dtype == torch.float32 and weight.dtype == x.dtype):
-        return False
-    return x.shape[1] <= 32 or _winograd_fits(x, weight, stride)
+    if x.shape[1] <= 32 or _winograd_fits(x, weight, stride):
+        return None
+    return f"{x.shape[1]} input channels without Winograd: oneDNN's NCHW convolution is as fast above 32"
 
 
-def _supports_conv1x1(x, weight, stride=1) -> bool:
-    return (_plain(x) and weight.dtype == x.dtype and weight.dim() == 4 and weight.shape[2:] == (1, 1)
-            and weight.shape[1] == x.shape[1] and stride >= 1)
+def _limits_conv1x1(x, weight, stride=1) -> Reason:
+    if weight.dim() != 4 or weight.shape[2:] != (1, 1) or weight.shape[1] != x.shape[1]:
+        return f"weight {tuple(weight.shape)} is not a 1x1 filter of the input's {x.shape[1]} channels"
+    return _plain(x, weight) or (f"stride {stride}" if stride < 1 else None)
 
 
-def _supports_pool2d(x, kind, kernel, stride) -> bool:
-    return _plain(x) and kernel % 2 == 1 and kernel <= _MAX_KERNEL and stride in (1, 2)
+def _limits_pool2d(x, kind, kernel, stride) -> Reason:
+    return _plain(x) or _window(kernel, stride)
 
 
-def _supports_group_batch_norm(x, groups, eps) -> bool:
-    # The reference raises for a single value per channel; let it (same error, same place).
-    smallest = min(groups) if groups else x.shape[0]
-    return _plain(x) and smallest * x.shape[2] * x.shape[3] > 1
+def _limits_group_batch_norm(x, groups, eps) -> Reason:
+    return _plain(x) or _bn_values(groups, x.shape[0], x.shape[2] * x.shape[3])
 
 
-def _supports_pool_bn(x, kind, kernel, stride, groups, eps) -> bool:
-    if not _supports_pool2d(x, kind, kernel, stride):
-        return False
-    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
-    return (min(groups) if groups else x.shape[0]) * out > 1  # as _supports_group_batch_norm
+def _limits_pool_bn(x, kind, kernel, stride, groups, eps) -> Reason:
+    return _limits_pool2d(x, kind, kernel, stride) or _bn_values(groups, x.shape[0], _out_pixels(x, stride))
 
 
-def _supports_conv1x1_bn(x, weight, groups, eps, relu_input) -> bool:
-    return (_plain(x) and weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * x.shape[2] * x.shape[3] > 1)
+def _limits_conv1x1_bn(x, weight, groups, eps, relu_input) -> Reason:
+    return _plain(x, weight) or _bn_values(groups, x.shape[0], x.shape[2] * x.shape[3])
 
 
-def _supports_cat_conv1x1_bn(parts, weight, groups, eps, relu_input) -> bool:
-    return all(_plain(p) and p.dtype == weight.dtype for p in parts) and _supports_conv1x1_bn(parts[0], weight, groups,
-                                                                                              eps, relu_input)
+def _limits_cat_conv1x1_bn(parts, weight, groups, eps, relu_input) -> Reason:
+    return _plain(*parts, weight) or _bn_values(groups, parts[0].shape[0], parts[0].shape[2] * parts[0].shape[3])
 
 
-def _recording(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _limits_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps) -> Reason:
+    return (_limits_relu_dwconv(x, dw_weight, stride, dilation) or _plain(x, pw_weight)
+            or _bn_values(groups, x.shape[0], _out_pixels(x, stride)))
 
 
-def _supports_dil_conv_bn(x, dw_weight, pw_weight, stride, dilation, groups, eps) -> bool:
-    # Forward only: under autograd the reference (relu_dwconv, conv1x1_bn: each with its backward) runs.
-    if _recording(x, dw_weight, pw_weight) or not _supports_relu_dwconv(x, dw_weight, stride, dilation):
-        return False
-    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
-    return pw_weight.dtype == x.dtype and (min(groups) if groups else x.shape[0]) * out > 1
-
-
-def _supports_factorized_reduce_bn(parts, weight_a, weight_b, groups, eps) -> bool:
-    # Forward only: under autograd the reference (two cat_conv1x1_bn, with their backward).
+def _limits_factorized_reduce_bn(parts, weight_a, weight_b, groups, eps) -> Reason:
     halves = [p[:, :, ::2, ::2] for p in parts]
-    return (not _recording(*parts, weight_a, weight_b) and weight_b.dtype == weight_a.dtype
-            and _supports_cat_conv1x1_bn(halves, weight_a, groups, eps, True))
+    return _plain(*parts, weight_a, weight_b) or _limits_cat_conv1x1_bn(halves, weight_a, groups, eps, True)
 
 
-def _supports_relu_conv_bn(x, weight, stride, groups, eps) -> bool:
-    # Forward only, and where measured faster than oneDNN's convolution and the BN kernel
-    # (bench/RESULTS.md, eleventh session): Winograd's F(2x2, 3x3) (k = 3, stride 1, even sizes)
-    # at every width, 1.45-2x; the direct GEMM at up to 32 input channels (1.4x at 20; at 40 no
-    # faster, at 80 slower).
-    k = weight.shape[-1]
-    if _recording(x, weight) or not _plain(x) or weight.dtype != x.dtype or k > _MAX_KERNEL or stride not in (1, 2):
-        return False
-    winograd = k == 3 and stride == 1 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0  # as csrc/cpu/conv_bn.cpp
-    out = ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
-    return (winograd or x.shape[1] <= 32) and (min(groups) if groups else x.shape[0]) * out > 1
+def _limits_relu_conv_bn(x, weight, stride, groups, eps) -> Reason:
+    return (_plain(x, weight) or _window(weight.shape[-1], stride)
+            or _bn_values(groups, x.shape[0], _out_pixels(x, stride)))
 
 
-def _supports_cat_conv1x1_bn_each(parts, weights, groups, eps, relu_input) -> bool:
-    # Forward only: under autograd the reference (one cat_conv1x1_bn, with its backward, per weight).
-    return (not _recording(*parts, *weights) and all(w.dtype == weights[0].dtype for w in weights)
-            and _supports_cat_conv1x1_bn(parts, weights[0], groups, eps, relu_input))
+def _prefer_relu_conv_bn(x, weight, stride, groups, eps) -> Reason:
+    # Measured faster than oneDNN's convolution and the BN kernel (bench/RESULTS.md): Winograd's
+    # F(2x2, 3x3) (k = 3, stride 1, even sizes) at every width, 1.45-2x; the direct GEMM at up to
+    # 32 input channels (1.4x at 20; at 40 no faster, at 80 slower).
+    winograd = weight.shape[-1] == 3 and stride == 1 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+    if winograd or x.shape[1] <= 32:
+        return None
+    return f"{x.shape[1]} input channels without Winograd: oneDNN's convolution and the BN kernel are faster"
 
 
-def _supports_sep_conv_bn(x, dw1, pw1, dw2, pw2, stride, groups, eps) -> bool:
+def _limits_cat_conv1x1_bn_each(parts, weights, groups, eps, relu_input) -> Reason:
+    return _plain(*parts, *weights) or _limits_cat_conv1x1_bn(parts, weights[0], groups, eps, relu_input)
+
+
+def _limits_sep_conv_bn(x, dw1, pw1, dw2, pw2, stride, groups, eps) -> Reason:
     # The second half reads the first's output: x's channels (sep_conv_bn checks), stride 1.
-    return (_supports_dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps) and not _recording(dw2, pw2)
-            and _supports_relu_dwconv(x, dw2, 1, 1) and pw2.dtype == x.dtype)
+    return (_limits_dil_conv_bn(x, dw1, pw1, stride, 1, groups, eps) or _limits_relu_dwconv(x, dw2, 1, 1)
+            or _plain(x, pw2))
 
 
 def register() -> str:
-    """Register conv1x1 (plain torch, always) and the C++ kernels when the extension provides them."""
+    """Register conv1x1 and relu_conv2d (through torch, always) and the C++ kernels when the extension
+    provides them."""
     try:
-        dispatch.register("conv1x1", "cpu", conv1x1_cpu, supports=_supports_conv1x1)
-        dispatch.register("relu_conv2d", "cpu", relu_conv2d_cpu, supports=_supports_relu_conv2d)
+        dispatch.register("conv1x1", "cpu", conv1x1_cpu, _limits_conv1x1)
+        dispatch.register("relu_conv2d", "cpu", relu_conv2d_cpu, _limits_relu_conv2d, _prefer_relu_conv2d)
         module, why = _ext.load()
         missing = [name for name in OPERATORS if not _ext.has_op(name)] if module is not None else []
         if module is None or missing:
             reason = why if module is None else f"the extension lacks {', '.join(missing)}"
             return f"active: conv1x1, relu_conv2d; C++ kernels inactive: {reason}"
-        dispatch.register("relu_dwconv", "cpu", relu_dwconv_cpu, supports=_supports_relu_dwconv)
-        dispatch.register("pool2d", "cpu", pool2d_cpu, supports=_supports_pool2d)
-        dispatch.register("pool_bn", "cpu", pool_bn_cpu, supports=_supports_pool_bn)
-        dispatch.register("group_batch_norm", "cpu", group_batch_norm_cpu, supports=_supports_group_batch_norm)
-        dispatch.register("conv1x1_bn", "cpu", conv1x1_bn_cpu, supports=_supports_conv1x1_bn)
-        dispatch.register("cat_conv1x1_bn", "cpu", cat_conv1x1_bn_cpu, supports=_supports_cat_conv1x1_bn)
-        dispatch.register("cat_conv1x1_bn_each", "cpu", cat_conv1x1_bn_each_cpu, supports=_supports_cat_conv1x1_bn_each)
-        dispatch.register("dil_conv_bn", "cpu", dil_conv_bn_cpu, supports=_supports_dil_conv_bn)
-        dispatch.register("sep_conv_bn", "cpu", sep_conv_bn_cpu, supports=_supports_sep_conv_bn)
-        dispatch.register("relu_conv_bn", "cpu", relu_conv_bn_cpu, supports=_supports_relu_conv_bn)
-        dispatch.register("factorized_reduce_bn", "cpu", factorized_reduce_bn_cpu,
-                          supports=_supports_factorized_reduce_bn)
+        for op, fn, limits in (("relu_dwconv", relu_dwconv_cpu, _limits_relu_dwconv),
+                               ("pool2d", pool2d_cpu, _limits_pool2d),
+                               ("pool_bn", pool_bn_cpu, _limits_pool_bn),
+                               ("group_batch_norm", group_batch_norm_cpu, _limits_group_batch_norm),
+                               ("conv1x1_bn", conv1x1_bn_cpu, _limits_conv1x1_bn),
+                               ("cat_conv1x1_bn", cat_conv1x1_bn_cpu, _limits_cat_conv1x1_bn)):
+            dispatch.register(op, "cpu", fn, limits)
+        # Forward-only kernels: chosen when autograd records nothing (scoring architectures).
+        for op, fn, limits in (("cat_conv1x1_bn_each", cat_conv1x1_bn_each_cpu, _limits_cat_conv1x1_bn_each),
+                               ("dil_conv_bn", dil_conv_bn_cpu, _limits_dil_conv_bn),
+                               ("sep_conv_bn", sep_conv_bn_cpu, _limits_sep_conv_bn),
+                               ("factorized_reduce_bn", factorized_reduce_bn_cpu, _limits_factorized_reduce_bn)):
+            dispatch.register(op, "cpu", fn, limits, scoring_only=True)
+        dispatch.register("relu_conv_bn", "cpu", relu_conv_bn_cpu, _limits_relu_conv_bn, _prefer_relu_conv_bn,
+                          scoring_only=True)
         return ("active: relu_dwconv, pool2d, group_batch_norm, pool_bn, conv1x1_bn, cat_conv1x1_bn, conv1x1, "
                 "relu_conv2d, cat_conv1x1_bn_each, factorized_reduce_bn, relu_conv_bn, dil_conv_bn and sep_conv_bn "
                 "(scoring)")

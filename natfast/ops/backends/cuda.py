@@ -9,6 +9,7 @@ import torch
 
 from ... import _ext
 from .. import dispatch
+from ..dispatch import Reason
 
 _OPS = ("cuda_dwconv_forward", "cuda_dwconv_backward_input", "cuda_dwconv_backward_weight",
         "cuda_gcn_forward", "cuda_gcn_backward")
@@ -44,10 +45,17 @@ def relu_dwconv(x, weight, stride, dilation):
     return _ReluDwconv.apply(x, weight, stride, dilation)
 
 
-def relu_dwconv_supported(x, weight, stride, dilation) -> bool:
-    return (x.is_cuda and weight.is_cuda and x.dim() == 4 and x.dtype in _DWCONV_DTYPES and weight.dtype == x.dtype
-            and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
-            and weight.shape[2] == weight.shape[3] and weight.shape[2] in (3, 5) and stride >= 1 and dilation >= 1)
+def relu_dwconv_limits(x, weight, stride, dilation) -> Reason:
+    if not (x.is_cuda and weight.is_cuda):
+        return "not CUDA tensors"
+    if x.dtype not in _DWCONV_DTYPES or weight.dtype != x.dtype:
+        return f"input {x.dtype}, weight {weight.dtype} (one of float16, bfloat16, float32, float64)"
+    if not (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
+            and weight.shape[2] == weight.shape[3]):
+        return f"weight {tuple(weight.shape)} is not a square depthwise filter of a 4-D input's channels"
+    if weight.shape[2] not in (3, 5):
+        return f"a {weight.shape[2]}x{weight.shape[2]} filter (3x3 and 5x5 only)"
+    return None if stride >= 1 and dilation >= 1 else f"stride {stride}, dilation {dilation}"
 
 
 class _GcnPolicyLogits(torch.autograd.Function):
@@ -72,19 +80,19 @@ def gcn_shared_bytes(nodes: int, features: int, hidden1: int, hidden2: int, outp
     return nodes * (2 * nodes + features + 3 * hidden1 + outputs + 3 * hidden2) * itemsize
 
 
-def gcn_policy_logits_supported(adj, x, w1, b1, w2, b2, wh, bh) -> bool:
+def gcn_policy_logits_limits(adj, x, w1, b1, w2, b2, wh, bh) -> Reason:
     tensors = (adj, x, w1, b1, w2, b2, wh, bh)
     if not all(t.is_cuda and t.dtype == x.dtype for t in tensors) or x.dtype not in _GCN_DTYPES:
-        return False
+        return "not all CUDA tensors of one dtype, float32 or float64"
     if adj.dim() != 3 or x.dim() != 3 or adj.shape[:2] != x.shape[:2] or adj.shape[1] != adj.shape[2]:
-        return False
+        return "not a batch of graphs (3-D adjacency and features)"
     if any(t.dim() != 2 for t in (w1, w2, wh)) or any(t.dim() != 1 for t in (b1, b2, bh)):
-        return False
+        return "weights that are not matrices or biases that are not vectors"
     if not (w1.shape[0] == x.shape[2] and w2.shape[0] == w1.shape[1] == b1.shape[0]
             and wh.shape[0] == w2.shape[1] == b2.shape[0] and wh.shape[1] == bh.shape[0]):
-        return False
+        return "shapes that do not chain"
     need = gcn_shared_bytes(adj.shape[1], x.shape[2], w1.shape[1], w2.shape[1], wh.shape[1], x.element_size())
-    return need <= GCN_SHARED_LIMIT
+    return None if need <= GCN_SHARED_LIMIT else f"{need} bytes of shared memory a graph (at most {GCN_SHARED_LIMIT})"
 
 
 def register() -> str:
@@ -97,8 +105,8 @@ def register() -> str:
             return "inactive: the extension was built without the CUDA kernels"
         if not torch.cuda.is_available():
             return "inactive: no CUDA GPU visible"
-        dispatch.register("relu_dwconv", "cuda", relu_dwconv, relu_dwconv_supported)
-        dispatch.register("gcn_policy_logits", "cuda", gcn_policy_logits, gcn_policy_logits_supported)
+        dispatch.register("relu_dwconv", "cuda", relu_dwconv, relu_dwconv_limits)
+        dispatch.register("gcn_policy_logits", "cuda", gcn_policy_logits, gcn_policy_logits_limits)
         return "active: relu_dwconv, gcn_policy_logits"
     except Exception as exc:  # a broken build must never break `import natfast`
         return f"inactive: {type(exc).__name__}: {exc}"

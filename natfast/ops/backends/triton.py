@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import dispatch
+from ..dispatch import Reason
 
 FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_GCN_WIDTH = 128  # features, hidden and output sizes a program keeps in registers
@@ -48,12 +49,19 @@ def load_kernels() -> ModuleType:
     return _kernels
 
 
-def _served(*tensors: torch.Tensor) -> bool:
+def _served(*tensors: torch.Tensor) -> Reason:
     """All on one device this backend runs on, in a float type the kernels accumulate in fp32."""
     first = tensors[0]
     if not (first.is_cuda or (_interpret and first.device.type == "cpu")):
-        return False
-    return all(t.device == first.device and t.dtype in FLOAT_TYPES for t in tensors)
+        return f"a {first.device.type} tensor (Triton runs CUDA tensors, and CPU ones in its interpreter)"
+    if any(t.device != first.device for t in tensors):
+        return "tensors on different devices"
+    odd = sorted({str(t.dtype) for t in tensors if t.dtype not in FLOAT_TYPES})
+    return f"{', '.join(odd)} (float32, float16 and bfloat16 only)" if odd else None
+
+
+def _empty(x: torch.Tensor) -> Reason:
+    return "an empty input" if x.numel() == 0 else None
 
 
 # ----------------------------------------------------------------------------- relu_dwconv
@@ -78,10 +86,15 @@ def relu_dwconv(x, weight, stride=1, dilation=1):
     return _ReLUDWConv.apply(x, weight, stride, dilation)
 
 
-def _relu_dwconv_supported(x, weight, stride=1, dilation=1) -> bool:
-    return (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
-            and weight.shape[2] == weight.shape[3] and weight.shape[2] in (3, 5) and x.dtype == weight.dtype
-            and x.numel() > 0 and _served(x, weight))
+def _relu_dwconv_limits(x, weight, stride=1, dilation=1) -> Reason:
+    if not (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
+            and weight.shape[2] == weight.shape[3]):
+        return f"weight {tuple(weight.shape)} is not a square depthwise filter of a 4-D input's channels"
+    if weight.shape[2] not in (3, 5):
+        return f"a {weight.shape[2]}x{weight.shape[2]} filter (3x3 and 5x5 only)"
+    if x.dtype != weight.dtype:
+        return f"input {x.dtype}, weight {weight.dtype}"
+    return _empty(x) or _served(x, weight)
 
 
 # ----------------------------------------------------------------------------- pool2d
@@ -103,8 +116,12 @@ def pool2d(x, kind, kernel=3, stride=1):
     return _Pool2d.apply(x, kind, kernel, stride)
 
 
-def _pool2d_supported(x, kind, kernel=3, stride=1) -> bool:
-    return x.dim() == 4 and kernel in (3, 5) and x.numel() > 0 and _served(x)
+def _pool2d_limits(x, kind, kernel=3, stride=1) -> Reason:
+    if x.dim() != 4:
+        return f"a {x.dim()}-D input"
+    if kernel not in (3, 5):
+        return f"a {kernel}x{kernel} window (3x3 and 5x5 only)"
+    return _empty(x) or _served(x)
 
 
 # ----------------------------------------------------------------------------- group_batch_norm
@@ -128,8 +145,8 @@ def group_batch_norm(x, groups: Optional[Sequence[int]] = None, eps: float = 1e-
     return _GroupBatchNorm.apply(x, tuple(groups) if groups is not None else (x.shape[0],), eps)
 
 
-def _group_batch_norm_supported(x, groups=None, eps=1e-5) -> bool:
-    return x.dim() == 4 and x.numel() > 0 and _served(x)
+def _group_batch_norm_limits(x, groups=None, eps=1e-5) -> Reason:
+    return (f"a {x.dim()}-D input" if x.dim() != 4 else None) or _empty(x) or _served(x)
 
 
 # ----------------------------------------------------------------------------- gcn_policy_logits
@@ -154,16 +171,24 @@ def gcn_policy_logits(adj, x, w1, b1, w2, b2, wh, bh):
     return _GCNPolicyLogits.apply(adj, x, w1, b1, w2, b2, wh, bh)
 
 
-def _gcn_supported(adj, x, w1, b1, w2, b2, wh, bh) -> bool:
-    if adj.requires_grad or adj.dim() != x.dim() or adj.dim() not in (2, 3):
-        return False  # a learned adjacency would need its gradient: the reference has it
+def _gcn_limits(adj, x, w1, b1, w2, b2, wh, bh) -> Reason:
+    if adj.requires_grad:
+        return "a learned adjacency (its gradient: the reference has it)"
+    if adj.dim() != x.dim() or adj.dim() not in (2, 3):
+        return f"adjacency {tuple(adj.shape)} and features {tuple(x.shape)} are not one graph or a batch of graphs"
     n = adj.shape[-1]
     widths = (x.shape[-1], w1.shape[1], w2.shape[1], wh.shape[1])
-    return (adj.shape[-2] == n == x.shape[-2] and adj.shape[:-2] == x.shape[:-2] and 0 < n <= 32
-            and w1.shape[0] == widths[0] and w2.shape[0] == widths[1] and wh.shape[0] == widths[2]
-            and b1.shape == (widths[1],) and b2.shape == (widths[2],) and bh.shape == (widths[3],)
-            and max(widths) <= MAX_GCN_WIDTH and bh.dtype == wh.dtype and x.numel() > 0
-            and _served(adj, x, w1, b1, w2, b2, wh, bh))
+    if not (adj.shape[-2] == n == x.shape[-2] and adj.shape[:-2] == x.shape[:-2] and w1.shape[0] == widths[0]
+            and w2.shape[0] == widths[1] and wh.shape[0] == widths[2] and b1.shape == (widths[1],)
+            and b2.shape == (widths[2],) and bh.shape == (widths[3],)):
+        return "shapes that do not chain (adjacency, features, weights, biases)"
+    if not 0 < n <= 32:
+        return f"{n} nodes (1 to 32)"
+    if max(widths) > MAX_GCN_WIDTH:
+        return f"widths {widths} (at most {MAX_GCN_WIDTH})"
+    if bh.dtype != wh.dtype:
+        return "head bias and weight of different dtypes"
+    return _empty(x) or _served(adj, x, w1, b1, w2, b2, wh, bh)
 
 
 # ----------------------------------------------------------------------------- masked_sample
@@ -192,10 +217,12 @@ def masked_sample(logits, mask, uniform=None):
     return actions.view(lead), logp.view(lead), ent.view(lead)
 
 
-def _masked_sample_supported(logits, mask, uniform=None) -> bool:
-    return (logits.dim() >= 1 and 0 < logits.shape[-1] <= MAX_TARGETS and logits.numel() > 0
-            and mask.device == logits.device and _served(logits)
-            and (uniform is None or uniform.device == logits.device))
+def _masked_sample_limits(logits, mask, uniform=None) -> Reason:
+    if logits.dim() < 1 or not 0 < logits.shape[-1] <= MAX_TARGETS:
+        return f"logits {tuple(logits.shape)} (1 to {MAX_TARGETS} targets)"
+    if mask.device != logits.device or (uniform is not None and uniform.device != logits.device):
+        return "tensors on different devices"
+    return _empty(logits) or _served(logits)
 
 
 # ----------------------------------------------------------------------------- routed_mixed_op
@@ -227,9 +254,14 @@ def routed_mixed_op(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=
     return _RoutedMixedOp.apply(x, weights, None if skip is x else skip, kernel, stride, groups, eps)
 
 
-def _routed_mixed_op_supported(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5) -> bool:
-    return (x.dim() == 4 and kernel in (3, 5) and x.numel() > 0 and weights.device == x.device
-            and weights.dtype in FLOAT_TYPES and _served(x) and (skip is None or _served(x, skip)))
+def _routed_mixed_op_limits(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5) -> Reason:
+    if x.dim() != 4:
+        return f"a {x.dim()}-D input"
+    if kernel not in (3, 5):
+        return f"a {kernel}x{kernel} filter (3x3 and 5x5 only)"
+    if weights.device != x.device:
+        return "tensors on different devices"
+    return _empty(x) or _served(weights) or _served(x) or (None if skip is None else _served(x, skip))
 
 
 # ----------------------------------------------------------------------------- bn_node_sum
@@ -262,20 +294,23 @@ def bn_node_sum(inputs, means, rstds, groups=None, with_relu=False):
     return _BNNodeSum.apply(groups, with_relu, *inputs, *means, *rstds)
 
 
-def _bn_node_sum_supported(inputs, means, rstds, groups=None, with_relu=False) -> bool:
+def _bn_node_sum_limits(inputs, means, rstds, groups=None, with_relu=False) -> Reason:
     tensors = (*inputs, *means, *rstds)
-    return (inputs[0].dim() == 4 and inputs[0].numel() > 0 and all(t.dtype == inputs[0].dtype for t in tensors)
-            and _served(*tensors))
+    if inputs[0].dim() != 4:
+        return f"a {inputs[0].dim()}-D input"
+    if any(t.dtype != inputs[0].dtype for t in tensors):
+        return "inputs and statistics of different dtypes"
+    return _empty(inputs[0]) or _served(*tensors)
 
 
 OPS = {
-    "relu_dwconv": (relu_dwconv, _relu_dwconv_supported),
-    "pool2d": (pool2d, _pool2d_supported),
-    "group_batch_norm": (group_batch_norm, _group_batch_norm_supported),
-    "gcn_policy_logits": (gcn_policy_logits, _gcn_supported),
-    "masked_sample": (masked_sample, _masked_sample_supported),
-    "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_supported),
-    "bn_node_sum": (bn_node_sum, _bn_node_sum_supported),
+    "relu_dwconv": (relu_dwconv, _relu_dwconv_limits),
+    "pool2d": (pool2d, _pool2d_limits),
+    "group_batch_norm": (group_batch_norm, _group_batch_norm_limits),
+    "gcn_policy_logits": (gcn_policy_logits, _gcn_limits),
+    "masked_sample": (masked_sample, _masked_sample_limits),
+    "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_limits),
+    "bn_node_sum": (bn_node_sum, _bn_node_sum_limits),
 }
 
 
@@ -292,7 +327,7 @@ def register() -> str:
         return f"inactive: the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
     from .. import mixed, node_sum, policy_sample  # noqa: F401  (they register the references of their ops)
 
-    for op, (fn, supported) in OPS.items():
-        dispatch.register(op, "triton", fn, supported)
+    for op, (fn, limits) in OPS.items():
+        dispatch.register(op, "triton", fn, limits)
     mode = "Triton interpreter, CPU and CUDA tensors" if _interpret else "CUDA tensors"
     return f"active ({mode}): {', '.join(OPS)}"
