@@ -34,7 +34,8 @@ from natfast._malloc import keep_freed_memory  # noqa: E402
 from natfast.benchmarks import interleaved_median_ms  # noqa: E402
 from natfast.benchmarks.derive import ListLoader, arguments, matmul_gflops, workload  # noqa: E402
 from natfast.derive import score_architectures  # noqa: E402
-from natfast.supernet import Supernet, _RunContext  # noqa: E402
+from natfast.engine import RunContext  # noqa: E402
+from natfast.supernet import Supernet  # noqa: E402
 
 
 def _conv1x1_flops(parts, weights, *_) -> int:
@@ -78,23 +79,23 @@ def op_times(run) -> Dict[str, Dict[str, float]]:
     namespace = torch.ops.natfast
     names = [n for n in dir(namespace) if not n.startswith("_") and isinstance(getattr(namespace, n), torch._ops.OpOverloadPacket)]
     originals = {n: getattr(namespace, n) for n in names}
-    node_sum = _RunContext.node_sum
+    node_sum = RunContext.node_sum
     try:
         for n, fn in originals.items():
             setattr(namespace, n, timed(n, fn))
-        _RunContext.node_sum = timed("node_sum", node_sum)
+        RunContext.node_sum = timed("node_sum", node_sum)
         start = time.perf_counter()
         run()
         total = (time.perf_counter() - start) * 1000
     finally:
         for n, fn in originals.items():
             setattr(namespace, n, fn)
-        _RunContext.node_sum = node_sum
+        RunContext.node_sum = node_sum
     # Microseconds kept: on small shapes one call of an op can take under 0.05 ms.
     table = {n: {"ms": round(ms[n], 3), "calls": calls[n], "share": round(ms[n] / total, 3)}
              for n in sorted(ms, key=ms.get, reverse=True)}
     for n, f in flops.items():
-        table[n]["gflops"] = round(f / ms[n] / 1e6, 1)
+        table[n]["gflops"] = round(f / ms[n] / 1e6, 4)   # tiny test shapes run at well under 0.1
     table["rest"] = {"ms": round(total - sum(ms.values()), 3), "share": round(1 - sum(ms.values()) / total, 3)}
     return {"pass_ms": round(total, 3), "ops": table}
 

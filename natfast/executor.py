@@ -1,9 +1,10 @@
 """The compiled sampled-path executor: `Supernet.forward(x, genotype)` without per-op Python.
 
-`compile_arch(supernet, genotype)` packs the architecture once into an `ExecutorPlan` (the edges
-as op ids, the output nodes of every cell, and the supernet's parameters that the architecture
-uses, in the order csrc/executor/executor.cpp consumes them); `plan.run(x)` runs stem -> cells ->
-classifier in C++ (operator natfast::executor_forward), recorded by autograd like the Python path.
+`compile_arch(supernet, genotype)` packs the architecture's path (natfast/cell_plan.py's
+NetworkPlan: what runs, where known zeros fall, which weights) once into an `ExecutorPlan` (two
+integer tensors and the supernet's parameters that the path uses, in the order
+csrc/executor/executor.cpp reads them); `plan.run(x)` runs stem -> cells -> classifier in C++
+(operator natfast::executor_forward), recorded by autograd like the Python path.
 On a CPU it runs natfast's C++ CPU kernels where the Python path would, else ATen's ops.
 On CUDA, inference of a fixed architecture (a fixed beta, derive, evaluation) is replayed from a
 CUDA graph once the same input shape repeats; graphs live in a small LRU cache.
@@ -14,6 +15,7 @@ graph capture off.
 """
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from collections import OrderedDict
@@ -23,19 +25,29 @@ from typing import List, Tuple
 import torch
 
 from . import _ext
-from .genotype import Genotype, normalize, output_nodes
+from . import cell_plan
+from .genotype import Genotype, normalize
 from .ops import dispatch
-from .ops.layers import OPERATIONS
-from .supernet import Supernet, edge_key, reduction_layers
-
-OP_IDS = {name: i for i, name in enumerate(OPERATIONS)}
+from .supernet import Supernet, edge_key
 PLAN_CACHE_SIZE = 64       # plans per supernet (a plan is a few small tensors and references)
 GRAPH_CACHE_SIZE = 8       # captured CUDA graphs, all plans together (each holds its activations)
 
 
 def available() -> bool:
     """Whether the compiled executor can run (the extension is built with it and not disabled)."""
-    return os.environ.get("NATFAST_EXECUTOR", "1") != "0" and _ext.has_op("executor_forward")
+    return os.environ.get("NATFAST_EXECUTOR", "1") != "0" and _ext.has_op("executor_forward") and _kinds_agree()
+
+
+@functools.lru_cache(maxsize=None)
+def _kinds_agree() -> bool:
+    """The C++ side's op kinds are natfast.cell_plan.KINDS, in order (else its ids mean other ops)."""
+    if not _ext.has_op("executor_kinds"):
+        return False
+    kinds = tuple(torch.ops.natfast.executor_kinds())
+    if kinds != cell_plan.KINDS:
+        raise RuntimeError(f"natfast._C's executor knows op kinds {kinds}, natfast.cell_plan {cell_plan.KINDS}: "
+                           f"rebuild the extension (pip install --no-build-isolation -e .)")
+    return True
 
 
 def _graphs_enabled() -> bool:
@@ -46,9 +58,8 @@ def _graphs_enabled() -> bool:
 class ExecutorPlan:
     """One architecture bound to one supernet's parameters (held by reference, so optimiser steps
     are seen without recompiling)."""
-    edges: torch.Tensor          # (layers, 2B, 3) int64: (op id, from, to)
-    outputs: torch.Tensor        # (layers, B) int64: output nodes in concat order, -1 padded
-    reduction_cells: List[int]
+    cells: torch.Tensor          # (layers, 7 + B) int64: see csrc/executor/executor.cpp
+    slots: torch.Tensor          # (rows, 8) int64: the slots that run, cell after cell
     params: List[torch.Tensor]
     _seen_shapes: set = field(default_factory=set)
 
@@ -59,8 +70,7 @@ class ExecutorPlan:
         return self._execute(x)
 
     def _execute(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.natfast.executor_forward(x, self.edges, self.outputs, self.reduction_cells, self.params,
-                                                  runs_cpu_kernels(x))
+        return torch.ops.natfast.executor_forward(x, self.cells, self.slots, self.params, runs_cpu_kernels(x))
 
 
 # The Python path's ops that the executor also runs on natfast's C++ CPU kernels.
@@ -74,34 +84,40 @@ def runs_cpu_kernels(x: torch.Tensor) -> bool:
         "cpu" in dispatch.registered(op) and dispatch.forced_backend(op) in (None, "cpu") for op in _CPU_KERNEL_OPS)
 
 
-def _cell_params(cell, edges) -> List[torch.Tensor]:
-    """pre0, pre1, then each non-null edge's op, in edge order; module registration order is the
-    order the C++ side reads (SepConv: first.depthwise, first.pointwise, second.*; FactorizedReduce:
-    conv_a, conv_b)."""
-    params = list(cell.pre0.parameters()) + list(cell.pre1.parameters())
-    for op, f, t in edges:
-        if op != "null":
-            params += list(cell.edges[edge_key(f, t)][op].parameters())
-    return params
+_PRE_UNUSED, _PRE_CONV1X1, _PRE_FACTORIZED = 0, 1, 2
 
 
 def _pack(supernet: Supernet, genotype: Genotype) -> ExecutorPlan:
-    supernet._check_archs([genotype])
+    """The NetworkPlan of `genotype` as the executor's tensors, and the parameters it reads (each
+    module's parameters in registration order: what executor.cpp's run_op expects of each kind)."""
+    supernet.check_archs([genotype])
     b = supernet.family.num_nodes
-    reductions = set(reduction_layers(supernet.layers))
-    edges, outputs, params = [], [], list(supernet.stem.parameters())
-    for index, cell in enumerate(supernet.cells):
-        cell_edges = genotype.reduce if index in reductions else genotype.normal
-        concat = genotype.reduce_concat if index in reductions else genotype.normal_concat
-        if len(cell_edges) != 2 * b:
-            raise ValueError(f"cell {index} has {len(cell_edges)} edges; the executor expects {2 * b}")
-        edges.append([(OP_IDS[op], f, t) for op, f, t in cell_edges])
-        outs = list(output_nodes(cell_edges, concat, supernet.family))
-        outputs.append(outs + [-1] * (b - len(outs)))
-        params += _cell_params(cell, cell_edges)
+    network = cell_plan.plan_network(genotype, supernet.family, supernet.layers)
+    params: List[torch.Tensor] = list(supernet.stem.parameters())
+    cells, slots = [], []
+
+    def take(module) -> int:
+        first = len(params)
+        params.extend(module.parameters())
+        return first
+
+    for run, cell in zip(network.cells, supernet.cells):
+        pre0 = (_PRE_FACTORIZED if run.reduction_prev else _PRE_CONV1X1) if run.input_used[0] else _PRE_UNUSED
+        header = [pre0, take(cell.pre0) if run.input_used[0] else -1,
+                  int(run.input_used[1]), take(cell.pre1) if run.input_used[1] else -1, len(slots)]
+        rows = {}
+        for slot in run.computed:
+            op = slot.spec
+            repeated = run.reuse.get(slot.index)
+            first = -1 if repeated is not None else take(cell.edges[edge_key(slot.source, slot.target)][slot.op])
+            rows[slot.index] = len(slots)
+            slots.append([op.kind_id, op.kernel, op.dilation, slot.source, slot.target, slot.stride, first,
+                          -1 if repeated is None else rows[repeated]])
+        outputs = list(run.output_blocks)
+        cells.append(header + [len(slots), len(outputs)] + outputs + [-1] * (b - len(outputs)))
     params += [supernet.classifier.weight, supernet.classifier.bias]
-    return ExecutorPlan(torch.tensor(edges, dtype=torch.int64), torch.tensor(outputs, dtype=torch.int64),
-                        sorted(reductions), params)
+    return ExecutorPlan(torch.tensor(cells, dtype=torch.int64),
+                        torch.tensor(slots, dtype=torch.int64).view(-1, 8), params)
 
 
 _plans: "weakref.WeakKeyDictionary[Supernet, OrderedDict]" = weakref.WeakKeyDictionary()

@@ -77,6 +77,7 @@ def collect() -> Dict[str, Any]:
         "missing_fast_paths": missing_fast_paths(),
         "lane_workers": lane_workers.describe(),
         "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
+        "backend_limits": {op: _limits(op, status) for op in OPS},
     }
     return info
 
@@ -133,6 +134,16 @@ def _chosen(op: str, device_type: str) -> str:
     return "reference"
 
 
+def _limits(op: str, status: Dict[str, str]) -> Dict[str, str]:
+    """Per active fast backend, why it may not run `op`: its declared limits, or that it has no kernel
+    for it (an inactive backend's reason is its status line)."""
+    declared = dispatch.declared_limits(op)
+    for name in dispatch.KNOWN_BACKENDS[1:]:
+        if name not in declared and status.get(name, "").startswith("active"):
+            declared[name] = "no kernel for this op"
+    return declared
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -153,6 +164,9 @@ def format_text(info: Dict[str, Any]) -> str:
         lines.append(f"MISSING fast path {path}: {why}")
     lines.append(f"CPU scoring lane workers: {info['lane_workers']}")
     lines.append(f"forced backend (NATFAST_BACKEND): {info['forced_backend']}")
+    lines.append("dispatch (the backend each op runs on, then what each active fast backend declares):")
     for op, per_dev in info["dispatch"].items():
         lines.append(f"  {op:20s} " + "  ".join(f"{d}: {b}" for d, b in per_dev.items()))
+        for name, why in info["backend_limits"][op].items():
+            lines.append(f"      {name:7s} {why}")
     return "\n".join(lines)

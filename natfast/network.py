@@ -11,9 +11,11 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .genotype import Family, Genotype, output_nodes
+from .cell_plan import edge_key, plan_cell, reduction_layers
+from .genotype import Family, Genotype
 from .ops.layers import FactorizedReduce, Identity, ReLUConvBN, make_op
-from .supernet import Stem, check_images, edge_key, live_nodes, reduction_layers
+from .inputs import check_images
+from .supernet import Stem
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -24,39 +26,39 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class Cell(nn.Module):
+    """One cell of the standalone network, run as its plan (natfast/cell_plan.py) says."""
+
     def __init__(self, edges, concat, family: Family, c_pp: int, c_p: int, c: int, reduction: bool,
                  reduction_prev: bool, affine: bool, pool_bn: bool, track: bool):
         super().__init__()
-        self.edges = [tuple(e) for e in edges]
+        self.plan = plan_cell(tuple(tuple(e) for e in edges), tuple(concat or ()), family, reduction)
+        self.edges = [(s.op, s.source, s.target) for s in self.plan.slots]
         self.reduction, self.channels = reduction, c
-        self.outputs = output_nodes(self.edges, concat, family)
-        self.live = live_nodes(self.edges, self.outputs)
+        self.outputs = self.plan.outputs
         self.pre0 = FactorizedReduce(c_pp, c, affine, track) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, affine, track)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, affine, track)
-        # Only non-null edges own a module; null edges are never executed.
-        self.ops = nn.ModuleDict({
-            str(j): make_op(op, c, 2 if reduction and f < 2 else 1, affine, pool_bn, track)
-            for j, (op, f, t) in enumerate(self.edges) if op != "null"})
-        self.num_nodes = max(t for _, _, t in self.edges) - 1
+        # Every non-null edge owns a module (dead ones too, so the parameters and checkpoints do not
+        # depend on liveness); only the plan's live slots run.
+        self.ops = nn.ModuleDict({str(s.index): make_op(s.op, c, s.stride, affine, pool_bn, track)
+                                  for s in self.plan.slots if s.op != "null"})
 
     @property
     def out_channels(self) -> int:
         return len(self.outputs) * self.channels
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        plan = self.plan
         n, _, h, w = s1.shape
         if self.reduction:
             h, w = (h + 1) // 2, (w + 1) // 2
-        states = {0: self.pre0(s0) if 0 in self.live else None, 1: self.pre1(s1) if 1 in self.live else None}
-        for t in range(2, self.num_nodes + 2):
-            if t not in self.live:
+        states = {0: self.pre0(s0) if plan.needs_input(0) else None, 1: self.pre1(s1) if plan.needs_input(1) else None}
+        for t in range(2, plan.num_nodes + 2):
+            if t not in plan.live:
                 continue
             total = None
-            for j, (op, f, tt) in enumerate(self.edges):
-                if tt != t or op == "null":
-                    continue
-                module = self.ops[str(j)]
-                y = module(states[f])
+            for slot in plan.into(t):
+                module = self.ops[str(slot.index)]
+                y = module(states[slot.source])
                 if drop_prob > 0 and self.training and not isinstance(module, Identity):  # as DARTS
                     y = drop_path(y, drop_prob)
                 total = y if total is None else total + y

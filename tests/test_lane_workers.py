@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from natfast import lane_workers
+from natfast.engine import split_evenly
 from natfast.genotype import Genotype, get_family
 from natfast.ops import dispatch
 from natfast.sampler import sample_genotype
-from natfast.supernet import Supernet, _split_evenly
+from natfast.supernet import Supernet
 
 FWD_TOL = dict(rtol=1e-9, atol=1e-9)  # float64: only the kernels' summation order may differ
 
@@ -141,8 +142,8 @@ def test_worker_count_follows_threads_cap_and_device(monkeypatch):
 
 
 @pytest.mark.parametrize("n,count", [(8, 3), (11, 4), (5, 5), (3, 1)])
-def test_split_evenly(n, count):
-    parts = _split_evenly(list(range(n)), count)
+def testsplit_evenly(n, count):
+    parts = split_evenly(list(range(n)), count)
     assert len(parts) == count and [i for p in parts for i in p] == list(range(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

@@ -196,3 +196,24 @@ def test_preprocessing_of_node_parts_equals_preprocessing_of_their_concatenation
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_declared_limits_describe_each_fast_backend_in_words():
+    def limits(x):
+        """float32 only."""
+        return None if x.dtype == torch.float32 else "not float32"
+
+    def prefer(x):
+        """up to 4 values."""
+        return None if x.numel() <= 4 else "wide"
+
+    dispatch.register("probe_op", "reference", lambda x: x)
+    dispatch.register("probe_op", "cpu", lambda x: x, limits, prefer, scoring_only=True)
+    try:
+        assert dispatch.declared_limits("probe_op") == {
+            "cpu": "float32 only; forward only (scoring: autograd not recording); chosen where measured faster: "
+                   "up to 4 values"}
+    finally:
+        dispatch._registry.pop("probe_op")
+    from natfast.info import collect
+    assert "odd windows up to 7" in collect()["backend_limits"]["relu_dwconv"]["cpu"]

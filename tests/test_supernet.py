@@ -150,8 +150,8 @@ def test_scoring_sums_nodes_in_place_and_equals_standalone_networks(family_name,
 
 
 def test_node_sum_writes_only_into_a_reusable_input():
-    from natfast.supernet import Value, _RunContext
-    ctx = _RunContext()
+    from natfast.engine import RunContext, Value
+    ctx = RunContext()
     a, b, c = (Value(i, torch.randn(2, 3, 4, 4), 2) for i in range(3))
     a0, b0, c0 = a.tensor.clone(), b.tensor.clone(), c.tensor.clone()
     kept = ctx.node_sum([a, b], 2)                         # nothing reusable: a new tensor

@@ -1,84 +1,59 @@
 // The compiled sampled-path executor: one architecture's forward through the supernet's shared
 // weights (stem -> cells -> classifier) in C++, with plain ATen calls that autograd records, so the
-// backward needs nothing extra and no op goes through Python dispatch. It computes exactly what
-// natfast/supernet.py `Supernet.forward(x, genotype)` computes:
-//   * a value that is known to be zero (a node without live inputs) is never computed or stored;
-//   * cell inputs built from a subset of the previous cell's nodes keep only the matching input
-//     channels of the preprocessing weights (ReLU and 1x1 convolutions map zeros to zeros);
-//   * nodes that do not reach the cell output and null edges are skipped;
-//   * BN is affine=False with batch statistics (the supernet's search-time BN).
+// backward needs nothing extra and no op goes through Python dispatch.
+//
+// It keeps no rule of how a cell runs: natfast/cell_plan.py decides (which edges run, their strides,
+// which nodes are known zeros, which edge repeats another, which channel blocks reach the next cell)
+// and natfast/executor.py packs that plan into two integer tensors read here:
+//   cells (layers, 7 + B): pre0 kind (0 unused, 1 ReLU+1x1 conv+BN, 2 FactorizedReduce), its first
+//     parameter, pre1 used (0/1), its parameter, the cell's first and one-past-last row of `slots`,
+//     its output count, then the output nodes' blocks (node - 2) in concat order, -1 padded;
+//   slots (rows, 8): kind (natfast.cell_plan.KINDS order), window, dilation, source node, target node,
+//     stride, first parameter, and the row whose value it repeats (-1: computed).
+// params: the stem's weight, then per cell what the plan says runs, then the classifier's weight, bias.
 // With `cpu_kernels` (a CPU run where the Python path would use natfast's C++ CPU kernels), the ops
-// run those kernels (executor/cpu_autograd.h), else ATen's.
-// Python front and parameter order: natfast/executor.py.
+// run those kernels (their autograd pairing: cpu/autograd.h), else ATen's. BN is affine=False with batch statistics.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <algorithm>
+#include <string>
 #include <vector>
 
-#include "executor/cpu_autograd.h"
+#include "cpu/autograd.h"
 
 namespace natfast {
 namespace executor {
 namespace {
 
-// Op ids are positions in natfast.ops.layers.OPERATIONS.
-enum Op : int64_t {
-  kMaxPool3, kMaxPool5, kAvgPool3, kAvgPool5, kSkip, kSepConv3, kSepConv5,
-  kDilConv3, kDilConv5, kConv1, kConv3, kConv5, kNull, kNumOps
-};
+// The kinds of op, in natfast.cell_plan.KINDS order (executor_kinds() returns these names, and
+// natfast/executor.py checks them against its own list).
+enum Kind : int64_t { kNull, kSkip, kMaxPool, kAvgPool, kSepConv, kDilConv, kConv, kNumKinds };
+const char* const kKindNames[kNumKinds] = {"null", "skip", "max_pool", "avg_pool", "sep_conv", "dil_conv", "conv"};
 
-using cpu_autograd::kEps;
+using cpu::kEps;
 
 // Which kernels run the ops: natfast's CPU kernels (where the tensor suits them) or ATen's.
 struct Kernels {
   bool cpu = false;
-  bool take(const at::Tensor& x) const { return cpu && cpu_autograd::takes(x); }
+  bool take(const at::Tensor& x) const { return cpu && cpu::takes(x); }
   // BN with one value per channel is an error either way; ATen's says so.
   bool take_bn(const at::Tensor& x) const { return take(x) && x.size(0) * x.size(2) * x.size(3) > 1; }
 };
 
 at::Tensor batch_norm(const at::Tensor& x, const Kernels& k) {
-  if (k.take_bn(x)) return cpu_autograd::batch_norm(x);
+  if (k.take_bn(x)) return cpu::group_batch_norm(x, {}, kEps);
   return at::batch_norm(x, {}, {}, {}, {}, /*training=*/true, /*momentum=*/0.1, kEps, /*cudnn_enabled=*/true);
 }
 
-// The supernet's parameters for this architecture, consumed in the order natfast/executor.py packs them.
-class ParamCursor {
- public:
-  explicit ParamCursor(const std::vector<at::Tensor>& params) : params_(params) {}
-  const at::Tensor& take() {
-    TORCH_CHECK(next_ < params_.size(), "executor_forward: the parameter list is too short for this architecture");
-    return params_[next_++];
-  }
-  size_t position() const { return next_; }
-  void seek(size_t position) { next_ = position; }
-  size_t size() const { return params_.size(); }
-
- private:
-  const std::vector<at::Tensor>& params_;
-  size_t next_ = 0;
-};
-
-int64_t param_count(int64_t op, int64_t stride) {
-  switch (op) {
-    case kSkip: return stride == 1 ? 0 : 2;  // identity, or FactorizedReduce (conv_a, conv_b)
-    case kSepConv3: case kSepConv5: return 4;  // first (depthwise, pointwise), second (same)
-    case kDilConv3: case kDilConv5: return 2;  // depthwise, pointwise
-    case kConv1: case kConv3: case kConv5: return 1;
-    default: return 0;  // pools, null
-  }
-}
-
 at::Tensor relu_dwconv(const at::Tensor& x, const at::Tensor& w, int64_t stride, int64_t dilation, const Kernels& k) {
-  if (k.take(x)) return cpu_autograd::relu_dwconv(x, w, stride, dilation);
+  if (k.take(x)) return cpu::relu_dwconv(x, w, stride, dilation);
   const int64_t size = w.size(-1);
   return at::conv2d(at::relu(x), w, {}, stride, dilation * (size - 1) / 2, dilation, x.size(1));
 }
 
 // BN of conv1x1(relu?(cat(parts))): the pointwise end of a DilConv, or a cell's preprocessing.
 at::Tensor conv1x1_bn(const std::vector<at::Tensor>& parts, const at::Tensor& w, bool relu_input, const Kernels& k) {
-  if (k.take_bn(parts[0])) return cpu_autograd::conv1x1_bn(parts, w, relu_input);
+  if (k.take_bn(parts[0])) return cpu::conv1x1_bn(parts, w, {}, kEps, relu_input);
   const at::Tensor x = parts.size() == 1 ? parts[0] : at::cat(parts, 1);
   return batch_norm(at::conv2d(relu_input ? at::relu(x) : x, w), k);
 }
@@ -104,52 +79,44 @@ at::Tensor factorized_reduce(const std::vector<at::Tensor>& parts, const at::Ten
 at::Tensor relu_conv_bn(const at::Tensor& x, const at::Tensor& w, int64_t stride, const Kernels& k) {
   const int64_t size = w.size(-1);
   if (size == 1 && stride == 1) return conv1x1_bn({x}, w, true, k);
-  if (k.take(x) && cpu_autograd::winograd_fits(x, w, stride))
-    return batch_norm(cpu_autograd::relu_conv3x3_winograd(x, w), k);
+  if (k.take(x) && cpu::winograd_fits(x, w, stride)) return batch_norm(cpu::relu_conv3x3_winograd(x, w), k);
   return batch_norm(at::conv2d(at::relu(x), w, {}, stride, size / 2), k);
 }
 
 at::Tensor pool_bn(const at::Tensor& x, bool max, int64_t size, int64_t stride, const Kernels& k) {
   const int64_t out_pixels = ((x.size(2) - 1) / stride + 1) * ((x.size(3) - 1) / stride + 1);
-  if (k.take(x) && x.size(0) * out_pixels > 1) return cpu_autograd::pool_bn(x, max ? "max" : "avg", size, stride);
+  if (k.take(x) && x.size(0) * out_pixels > 1) return cpu::pool2d_bn(x, max ? "max" : "avg", size, stride, {}, kEps);
   const at::Tensor pooled = max ? at::max_pool2d(x, size, stride, size / 2)
                                 : at::avg_pool2d(x, size, stride, size / 2, /*ceil_mode=*/false,
                                                  /*count_include_pad=*/false);
   return batch_norm(pooled, k);
 }
 
-at::Tensor run_op(int64_t op, const at::Tensor& x, int64_t stride, ParamCursor& p, const Kernels& k) {
-  switch (op) {
-    case kMaxPool3: case kMaxPool5:
-      return pool_bn(x, true, op == kMaxPool3 ? 3 : 5, stride, k);
-    case kAvgPool3: case kAvgPool5:
-      return pool_bn(x, false, op == kAvgPool3 ? 3 : 5, stride, k);
-    case kSkip: {
-      if (stride == 1) return x;
-      const at::Tensor& wa = p.take();
-      return factorized_reduce({x}, wa, p.take(), k);
-    }
-    case kSepConv3: case kSepConv5: {
-      const at::Tensor& dw1 = p.take();
-      const at::Tensor& pw1 = p.take();
-      const at::Tensor& dw2 = p.take();
-      const at::Tensor& pw2 = p.take();
-      return dil_conv(dil_conv(x, dw1, pw1, stride, 1, k), dw2, pw2, 1, 1, k);
-    }
-    case kDilConv3: case kDilConv5: {
-      const at::Tensor& dw = p.take();
-      return dil_conv(x, dw, p.take(), stride, 2, k);
-    }
-    case kConv1: case kConv3: case kConv5:
-      return relu_conv_bn(x, p.take(), stride, k);
+// One op of kind `kind` on x; its weights are params[first], params[first + 1], ... in the order of
+// its module's parameters (SepConv: first.depthwise, first.pointwise, second.*; FactorizedReduce:
+// conv_a, conv_b).
+at::Tensor run_op(int64_t kind, int64_t window, int64_t dilation, const at::Tensor& x, int64_t stride,
+                  const std::vector<at::Tensor>& params, int64_t first, const Kernels& k) {
+  auto w = [&](int64_t i) -> const at::Tensor& { return params.at(first + i); };
+  switch (kind) {
+    case kMaxPool: case kAvgPool:
+      return pool_bn(x, kind == kMaxPool, window, stride, k);
+    case kSkip:
+      return stride == 1 ? x : factorized_reduce({x}, w(0), w(1), k);
+    case kSepConv:
+      return dil_conv(dil_conv(x, w(0), w(1), stride, dilation, k), w(2), w(3), 1, dilation, k);
+    case kDilConv:
+      return dil_conv(x, w(0), w(1), stride, dilation, k);
+    case kConv:
+      return relu_conv_bn(x, w(0), stride, k);
     default:
-      TORCH_CHECK(false, "executor_forward: op id ", op, " cannot be executed");
+      TORCH_CHECK(false, "executor_forward: op kind ", kind, " cannot be executed");
   }
 }
 
-// A cell's (or the stem's) output: its output nodes in concat order, an undefined tensor standing
-// for known zeros; `blocks` holds each node's position among the B node blocks (empty: the stem,
-// whose single value covers all channels).
+// A cell's (or the stem's) output: its non-zero output nodes in concat order (known zeros are left
+// out); `blocks` holds each node's position among the B node blocks (empty: the stem, whose single
+// value covers all channels).
 struct CellOutput {
   std::vector<at::Tensor> values;
   std::vector<int64_t> blocks;
@@ -177,153 +144,86 @@ bool is_all_blocks(const std::vector<int64_t>& blocks, int64_t num_nodes) {
   return true;
 }
 
-// The non-zero values of a cell output (its nodes, not concatenated) and their blocks.
-std::pair<std::vector<at::Tensor>, std::vector<int64_t>> nonzero_parts(const CellOutput& out) {
-  std::vector<at::Tensor> parts;
-  std::vector<int64_t> blocks;
-  for (size_t i = 0; i < out.values.size(); ++i) {
-    if (!out.values[i].defined()) continue;
-    parts.push_back(out.values[i]);
-    if (!out.blocks.empty()) blocks.push_back(out.blocks[i]);
+// ReLU + 1x1 conv + BN (kind 1) or FactorizedReduce (kind 2) of a cell output: its non-zero nodes go
+// in as parts (the CPU kernel reads them in place; ATen's path concatenates them), and the weights keep
+// the input channels of those nodes' blocks.
+at::Tensor preprocess(const CellOutput& in, int64_t kind, const std::vector<at::Tensor>& params, int64_t first,
+                      int64_t num_nodes, const Kernels& k) {
+  std::vector<at::Tensor> weights = {params.at(first)};
+  if (kind == 2) weights.push_back(params.at(first + 1));
+  if (!in.blocks.empty() && !is_all_blocks(in.blocks, num_nodes)) {
+    const int64_t width = in.values[0].size(1);
+    for (auto& w : weights) w = select_blocks(w, in.blocks, width, 1);
   }
-  return {parts, blocks};
+  if (kind == 2) return factorized_reduce(in.values, weights[0], weights[1], k);
+  return conv1x1_bn(in.values, weights[0], true, k);
 }
 
-// ReLUConvBN(1x1) or FactorizedReduce on a cell input (its weights always consumed from the cursor).
-// The nodes go in as parts: the CPU kernel reads them in place; ATen's path concatenates them.
-at::Tensor preprocess(const CellOutput& in, bool needed, bool factorized, ParamCursor& p, int64_t num_nodes,
-                      const Kernels& k) {
-  std::vector<at::Tensor> weights = {p.take()};
-  if (factorized) weights.push_back(p.take());
-  if (!needed) return at::Tensor();
-  auto [parts, blocks] = nonzero_parts(in);
-  if (parts.empty()) return at::Tensor();
-  if (!in.blocks.empty() && !is_all_blocks(blocks, num_nodes)) {
-    const int64_t width = parts[0].size(1);
-    for (auto& w : weights) w = select_blocks(w, blocks, width, 1);
-  }
-  return factorized ? factorized_reduce(parts, weights[0], weights[1], k) : conv1x1_bn(parts, weights[0], true, k);
-}
-
-struct Edge {
-  int64_t op, from, to;
-};
-
-CellOutput run_cell(const std::vector<Edge>& edges, const std::vector<int64_t>& outputs, int64_t num_nodes,
-                    bool reduction, bool reduction_prev, const CellOutput& in_pp, const CellOutput& in_p,
-                    ParamCursor& p, const Kernels& k) {
-  // Live nodes: those reaching an output through non-null edges (targets visited high to low).
-  std::vector<char> live(num_nodes + 2, 0);
-  for (int64_t s : outputs) live[s] = 1;
-  for (int64_t t = num_nodes + 1; t >= 2; --t) {
-    if (!live[t]) continue;
-    for (const Edge& e : edges)
-      if (e.to == t && e.op != kNull) live[e.from] = 1;
-  }
+CellOutput run_cell(at::TensorAccessor<int64_t, 1> cell, at::TensorAccessor<int64_t, 2> slots, int64_t num_nodes,
+                    const CellOutput& in_pp, const CellOutput& in_p, const std::vector<at::Tensor>& params,
+                    const Kernels& k) {
   std::vector<at::Tensor> nodes(num_nodes + 2);
-  nodes[0] = preprocess(in_pp, live[0], reduction_prev, p, num_nodes, k);
-  nodes[1] = preprocess(in_p, live[1], false, p, num_nodes, k);
-  // Every non-null edge owns a slice of the parameter list, executed or not.
-  std::vector<size_t> offsets(edges.size());
-  for (size_t j = 0; j < edges.size(); ++j) {
-    offsets[j] = p.position();
-    const int64_t stride = reduction && edges[j].from < 2 ? 2 : 1;
-    p.seek(p.position() + param_count(edges[j].op, stride));
+  if (cell[0] != 0) nodes[0] = preprocess(in_pp, cell[0], params, cell[1], num_nodes, k);
+  if (cell[2] != 0) nodes[1] = preprocess(in_p, 1, params, cell[3], num_nodes, k);
+  std::vector<at::Tensor> values(cell[5]);  // each slot's output, by row
+  for (int64_t row = cell[4]; row < cell[5]; ++row) {
+    const auto s = slots[row];
+    const int64_t source = s[3], target = s[4];
+    TORCH_CHECK(source >= 0 && source < target && target < num_nodes + 2 && nodes[source].defined(),
+                "executor_forward: slot ", row, " reads node ", source, ", which the plan did not compute");
+    at::Tensor& y = values[row];
+    y = s[7] >= 0 ? values.at(s[7]) : run_op(s[0], s[1], s[2], nodes[source], s[5], params, s[6], k);
+    nodes[target] = nodes[target].defined() ? nodes[target] + y : y;
   }
-  const size_t after_cell = p.position();
-  TORCH_CHECK(after_cell <= p.size(), "executor_forward: the parameter list is too short for this architecture");
-  for (int64_t t = 2; t <= num_nodes + 1; ++t) {
-    if (!live[t]) continue;
-    at::Tensor total;
-    std::vector<std::pair<size_t, at::Tensor>> done;  // an edge repeated (same op and input) is run once
-    for (size_t j = 0; j < edges.size(); ++j) {
-      const Edge& e = edges[j];
-      if (e.to != t || e.op == kNull || !nodes[e.from].defined()) continue;
-      at::Tensor y;
-      for (const auto& [k, value] : done)
-        if (edges[k].op == e.op && edges[k].from == e.from) y = value;
-      if (!y.defined()) {
-        p.seek(offsets[j]);
-        y = run_op(e.op, nodes[e.from], reduction && e.from < 2 ? 2 : 1, p, k);
-        done.emplace_back(j, y);
-      }
-      total = total.defined() ? total + y : y;
-    }
-    nodes[t] = total;
-  }
-  p.seek(after_cell);
   CellOutput out;
-  for (int64_t s : outputs) {
-    out.values.push_back(nodes[s]);
-    out.blocks.push_back(s - 2);
+  for (int64_t j = 0; j < cell[6]; ++j) {
+    const int64_t block = cell[7 + j];
+    TORCH_CHECK(nodes[block + 2].defined(), "executor_forward: output node ", block + 2, " was not computed");
+    out.values.push_back(nodes[block + 2]);
+    out.blocks.push_back(block);
   }
   return out;
 }
 
 at::Tensor classify(const CellOutput& out, const at::Tensor& weight, const at::Tensor& bias, int64_t batch,
                     int64_t num_nodes) {
+  if (out.values.empty()) return bias.expand({batch, bias.size(0)});
   std::vector<at::Tensor> pooled;
-  std::vector<int64_t> blocks;
-  for (size_t i = 0; i < out.values.size(); ++i) {
-    if (!out.values[i].defined()) continue;
-    pooled.push_back(out.values[i].mean({2, 3}));
-    blocks.push_back(out.blocks[i]);
-  }
-  if (pooled.empty()) return bias.expand({batch, bias.size(0)});
+  for (const at::Tensor& v : out.values) pooled.push_back(v.mean({2, 3}));
   const at::Tensor features = pooled.size() == 1 ? pooled[0] : at::cat(pooled, 1);
-  const at::Tensor w = is_all_blocks(blocks, num_nodes) ? weight : select_blocks(weight, blocks, pooled[0].size(1), 1);
+  const at::Tensor w =
+      is_all_blocks(out.blocks, num_nodes) ? weight : select_blocks(weight, out.blocks, pooled[0].size(1), 1);
   return at::linear(features, w, bias);
 }
 
-at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, const at::Tensor& arch_outputs,
-                            at::IntArrayRef reduction_cells, at::TensorList params_list, bool cpu_kernels) {
-  TORCH_CHECK(arch_edges.dim() == 3 && arch_edges.size(2) == 3 && arch_edges.scalar_type() == at::kLong &&
-                  arch_edges.device().is_cpu(),
-              "executor_forward: edges must be a CPU int64 tensor (layers, edges, 3) of (op, from, to)");
-  TORCH_CHECK(arch_outputs.dim() == 2 && arch_outputs.size(0) == arch_edges.size(0) &&
-                  arch_outputs.scalar_type() == at::kLong && arch_outputs.device().is_cpu(),
-              "executor_forward: outputs must be a CPU int64 tensor (layers, B) of output nodes, -1 padded");
-  const int64_t layers = arch_edges.size(0), num_nodes = arch_outputs.size(1);
-  TORCH_CHECK(layers > 0, "executor_forward: the architecture has no cells");
-  const auto e = arch_edges.contiguous(), o = arch_outputs.contiguous();
-  const auto ea = e.accessor<int64_t, 3>();
-  const auto oa = o.accessor<int64_t, 2>();
+at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& cells, const at::Tensor& slots,
+                            at::TensorList params_list, bool cpu_kernels) {
+  TORCH_CHECK(cells.dim() == 2 && cells.size(0) > 0 && cells.size(1) > 7 && cells.scalar_type() == at::kLong &&
+                  cells.device().is_cpu(),
+              "executor_forward: cells must be a CPU int64 tensor (layers, 7 + B) packed by natfast/executor.py");
+  TORCH_CHECK(slots.dim() == 2 && slots.size(1) == 8 && slots.scalar_type() == at::kLong && slots.device().is_cpu(),
+              "executor_forward: slots must be a CPU int64 tensor (rows, 8) packed by natfast/executor.py");
+  const auto c = cells.contiguous(), sl = slots.contiguous();
+  const auto ca = c.accessor<int64_t, 2>();
+  const auto sa = sl.accessor<int64_t, 2>();
+  const int64_t num_nodes = c.size(1) - 7;
   const std::vector<at::Tensor> params(params_list.begin(), params_list.end());
-  ParamCursor p(params);
+  TORCH_CHECK(params.size() >= 3, "executor_forward: too few parameters");
   const Kernels kernels{cpu_kernels};
 
-  const at::Tensor& stem_weight = p.take();
-  const at::Tensor stem = batch_norm(at::conv2d(x, stem_weight, {}, 1, 1), kernels);
+  const at::Tensor stem = batch_norm(at::conv2d(x, params[0], {}, 1, 1), kernels);
   CellOutput pp{{stem}, {}}, prev{{stem}, {}};
-  bool reduction_prev = false;
-  for (int64_t i = 0; i < layers; ++i) {
-    const bool reduction = std::find(reduction_cells.begin(), reduction_cells.end(), i) != reduction_cells.end();
-    std::vector<Edge> edges;
-    for (int64_t j = 0; j < e.size(1); ++j) {
-      const Edge edge{ea[i][j][0], ea[i][j][1], ea[i][j][2]};
-      TORCH_CHECK(edge.op >= 0 && edge.op < kNumOps && edge.from >= 0 && edge.from < edge.to &&
-                      edge.to <= num_nodes + 1,
-                  "executor_forward: cell ", i, " has an invalid edge (", edge.op, ", ", edge.from, ", ", edge.to, ")");
-      edges.push_back(edge);
-    }
-    std::vector<int64_t> outputs;
-    for (int64_t j = 0; j < num_nodes; ++j) {
-      const int64_t s = oa[i][j];
-      if (s < 0) continue;
-      TORCH_CHECK(s >= 2 && s <= num_nodes + 1, "executor_forward: cell ", i, " outputs node ", s);
-      outputs.push_back(s);
-    }
-    CellOutput out = run_cell(edges, outputs, num_nodes, reduction, reduction_prev, pp, prev, p, kernels);
+  for (int64_t i = 0; i < c.size(0); ++i) {
+    TORCH_CHECK(ca[i][4] >= 0 && ca[i][4] <= ca[i][5] && ca[i][5] <= sl.size(0) && ca[i][6] <= num_nodes,
+                "executor_forward: cell ", i, " has an invalid header");
+    CellOutput out = run_cell(ca[i], sa, num_nodes, pp, prev, params, kernels);
     pp = std::move(prev);
     prev = std::move(out);
-    reduction_prev = reduction;
   }
-  const at::Tensor& weight = p.take();
-  const at::Tensor& bias = p.take();
-  TORCH_CHECK(p.position() == p.size(), "executor_forward: ", p.size(), " parameters given, the architecture uses ",
-              p.position());
-  return classify(prev, weight, bias, x.size(0), num_nodes);
+  return classify(prev, params[params.size() - 2], params.back(), x.size(0), num_nodes);
 }
+
+std::vector<std::string> executor_kinds() { return std::vector<std::string>(kKindNames, kKindNames + kNumKinds); }
 
 }  // namespace
 }  // namespace executor
@@ -332,7 +232,8 @@ at::Tensor executor_forward(const at::Tensor& x, const at::Tensor& arch_edges, c
 // A composite (autograd-transparent) operator: autograd records the ATen calls inside, on any device.
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
   m.def(
-      "executor_forward(Tensor x, Tensor edges, Tensor outputs, int[] reduction_cells, Tensor[] params, "
-      "bool cpu_kernels=False) -> Tensor",
+      "executor_forward(Tensor x, Tensor cells, Tensor slots, Tensor[] params, bool cpu_kernels=False) -> Tensor",
       &natfast::executor::executor_forward);
+  // The op kinds this build executes, in the order of natfast.cell_plan.KINDS.
+  m.def("executor_kinds() -> str[]", &natfast::executor::executor_kinds);
 }

@@ -77,10 +77,6 @@ def registered(op: str) -> List[str]:
     return list(_registry.get(op, {}))
 
 
-def operations() -> List[str]:
-    return sorted(_registry)
-
-
 @functools.lru_cache(maxsize=64)
 def _parse_env(value: str) -> Tuple[Optional[str], Mapping[str, str]]:
     """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides. Cached: every
@@ -187,6 +183,27 @@ def explain(op: str, device_type: str, *args, **kwargs) -> Dict[str, Reason]:
             reason = None if reason is None else f"measured slower: {reason}"
         reasons[name] = reason
     return reasons
+
+
+def declared_limits(op: str) -> Dict[str, str]:
+    """What each registered fast backend of `op` declares, in words: its limits, whether it serves
+    scoring only, and where a measured preference sends calls elsewhere."""
+    described = {}
+    for name, impl in _registry.get(op, {}).items():
+        if name == "reference":
+            continue
+        words = [_first_line(impl.limits) or "any input"]
+        if impl.scoring_only:
+            words.append("forward only (scoring: autograd not recording)")
+        if impl.prefer is not None:
+            words.append(f"chosen where measured faster: {_first_line(impl.prefer) or 'see its rule'}")
+        described[name] = "; ".join(words)
+    return described
+
+
+def _first_line(fn: Optional[Callable]) -> str:
+    doc = (fn.__doc__ or "") if fn is not None else ""
+    return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
 
 
 def resolve(op: str, device_type: str, *args, **kwargs) -> Tuple[str, Callable]:

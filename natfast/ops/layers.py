@@ -60,8 +60,8 @@ class ReLUConvBN(nn.Module):
         w = self.weight if channel_index is None else self.weight.index_select(1, channel_index)
         if self.kernel == 1 and self.stride == 1 and self.norm.searching:
             return fused.conv1x1_bn(x, w, groups, relu_input=not relu_applied)
-        if self.kernel > 1 and self.norm.searching and not torch.is_grad_enabled():
-            # Scoring: ReLU, convolution and BN in one forward-only pass where a backend has it.
+        if self.kernel > 1 and self.norm.searching:
+            # ReLU, convolution and BN: one forward-only pass when scoring where a backend has it.
             return fused.relu_conv_bn(x, w, self.stride, groups)
         if self.kernel == 1:
             y = conv1x1(x if relu_applied else F.relu(x), w, self.stride)
@@ -90,12 +90,11 @@ class DilConv(nn.Module):
         self.norm = Norm(c_out, affine, track)
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
-        if self.norm.searching and not torch.is_grad_enabled():
-            # Scoring: the whole op in one forward-only pass per sample where a backend has it.
+        if self.norm.searching:
+            # The whole op as one dispatched op: one forward-only pass per sample when scoring where a
+            # backend has it, else relu_dwconv then the fused pointwise conv + BN.
             return fused.dil_conv_bn(x, self.depthwise, self.pointwise, self.stride, self.dilation, groups)
         y = relu_dwconv(x, self.depthwise, self.stride, self.dilation)
-        if self.norm.searching:  # the supernet's BN: one fused pointwise conv + BN
-            return fused.conv1x1_bn(y, self.pointwise, groups)
         return self.norm(conv1x1(y, self.pointwise), groups)
 
 
@@ -109,8 +108,8 @@ class SepConv(nn.Module):
 
     def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
         first, second = self.first, self.second
-        if first.norm.searching and second.norm.searching and not torch.is_grad_enabled():
-            # Scoring: a backend may hand the first half's normalisation to the second half.
+        if first.norm.searching and second.norm.searching:
+            # When scoring, a backend may hand the first half's normalisation to the second half.
             return fused.sep_conv_bn(x, first.depthwise, first.pointwise, second.depthwise, second.pointwise,
                                      first.stride, groups)
         return second(first(x, groups), groups)

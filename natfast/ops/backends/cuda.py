@@ -46,6 +46,7 @@ def relu_dwconv(x, weight, stride, dilation):
 
 
 def relu_dwconv_limits(x, weight, stride, dilation) -> Reason:
+    """CUDA float16/bfloat16/float32/float64, a square 3x3 or 5x5 depthwise filter."""
     if not (x.is_cuda and weight.is_cuda):
         return "not CUDA tensors"
     if x.dtype not in _DWCONV_DTYPES or weight.dtype != x.dtype:
@@ -81,6 +82,7 @@ def gcn_shared_bytes(nodes: int, features: int, hidden1: int, hidden2: int, outp
 
 
 def gcn_policy_logits_limits(adj, x, w1, b1, w2, b2, wh, bh) -> Reason:
+    """CUDA float32/float64 batches of graphs, within 48 KiB of shared memory a graph."""
     tensors = (adj, x, w1, b1, w2, b2, wh, bh)
     if not all(t.is_cuda and t.dtype == x.dtype for t in tensors) or x.dtype not in _GCN_DTYPES:
         return "not all CUDA tensors of one dtype, float32 or float64"

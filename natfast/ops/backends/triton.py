@@ -87,6 +87,7 @@ def relu_dwconv(x, weight, stride=1, dilation=1):
 
 
 def _relu_dwconv_limits(x, weight, stride=1, dilation=1) -> Reason:
+    """CUDA (or interpreted CPU) float32/float16/bfloat16, a square 3x3 or 5x5 depthwise filter."""
     if not (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
             and weight.shape[2] == weight.shape[3]):
         return f"weight {tuple(weight.shape)} is not a square depthwise filter of a 4-D input's channels"
@@ -117,6 +118,7 @@ def pool2d(x, kind, kernel=3, stride=1):
 
 
 def _pool2d_limits(x, kind, kernel=3, stride=1) -> Reason:
+    """CUDA (or interpreted CPU) float32/float16/bfloat16 (N, C, H, W), 3x3 or 5x5 windows."""
     if x.dim() != 4:
         return f"a {x.dim()}-D input"
     if kernel not in (3, 5):
@@ -146,6 +148,7 @@ def group_batch_norm(x, groups: Optional[Sequence[int]] = None, eps: float = 1e-
 
 
 def _group_batch_norm_limits(x, groups=None, eps=1e-5) -> Reason:
+    """CUDA (or interpreted CPU) float32/float16/bfloat16 (N, C, H, W)."""
     return (f"a {x.dim()}-D input" if x.dim() != 4 else None) or _empty(x) or _served(x)
 
 
@@ -172,6 +175,7 @@ def gcn_policy_logits(adj, x, w1, b1, w2, b2, wh, bh):
 
 
 def _gcn_limits(adj, x, w1, b1, w2, b2, wh, bh) -> Reason:
+    """CUDA (or interpreted CPU) floats, a fixed adjacency, 1 to 32 nodes, widths up to 128."""
     if adj.requires_grad:
         return "a learned adjacency (its gradient: the reference has it)"
     if adj.dim() != x.dim() or adj.dim() not in (2, 3):
@@ -218,6 +222,7 @@ def masked_sample(logits, mask, uniform=None):
 
 
 def _masked_sample_limits(logits, mask, uniform=None) -> Reason:
+    """CUDA (or interpreted CPU) floats, 1 to 64 targets per row."""
     if logits.dim() < 1 or not 0 < logits.shape[-1] <= MAX_TARGETS:
         return f"logits {tuple(logits.shape)} (1 to {MAX_TARGETS} targets)"
     if mask.device != logits.device or (uniform is not None and uniform.device != logits.device):
@@ -255,6 +260,7 @@ def routed_mixed_op(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=
 
 
 def _routed_mixed_op_limits(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5) -> Reason:
+    """CUDA (or interpreted CPU) floats (N, C, H, W), 3x3 or 5x5 pools."""
     if x.dim() != 4:
         return f"a {x.dim()}-D input"
     if kernel not in (3, 5):
@@ -295,6 +301,7 @@ def bn_node_sum(inputs, means, rstds, groups=None, with_relu=False):
 
 
 def _bn_node_sum_limits(inputs, means, rstds, groups=None, with_relu=False) -> Reason:
+    """CUDA (or interpreted CPU) floats (N, C, H, W), inputs and statistics of one dtype."""
     tensors = (*inputs, *means, *rstds)
     if inputs[0].dim() != 4:
         return f"a {inputs[0].dim()}-D input"
