@@ -235,15 +235,15 @@ def test_derive_breakdown_times_every_op_of_a_pass():
 def test_bench_derive_counts_flops_linear_in_the_samples():
     # The bench counts one batch and scales by the samples: exact, as every counted op's FLOPs
     # are proportional to its batch size.
-    from natfast.benchmarks.derive import _count_gflop, sequential_scores
+    from natfast.benchmarks.derive import count_gflop, sequential_scores
     from natfast.genotype import get_family
     from natfast.supernet import Supernet
     beta, family = get_named("DARTS")
     torch.manual_seed(0)
     supernet = Supernet(get_family(family.name), 4, 5)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    one = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
-    three = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
+    one = count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
+    three = count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
     assert one > 0 and three == pytest.approx(3 * one, rel=1e-9)
 
 

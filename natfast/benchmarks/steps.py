@@ -18,7 +18,8 @@ from ..config import SearchConfig
 from ..info import cpu_name
 from ..ops.dispatch import use_backend
 from ..search import Searcher, step_generator
-from . import interleaved_median_ms, median_ms, positive_int
+from . import positive_int
+from .timing import interleaved_median_ms, median_ms
 
 
 def sequential_update_theta(s: Searcher, x, y, gen) -> None:
@@ -41,8 +42,8 @@ def sequential_update_theta(s: Searcher, x, y, gen) -> None:
     s.policy_optimizer.step()
 
 
-def main(argv: List[str]) -> Dict:
-    p = argparse.ArgumentParser(prog="natfast bench steps")
+def main(argv: List[str], prog: str = "natfast bench steps") -> Dict:
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--layers", type=positive_int, default=8)
     p.add_argument("--channels", type=positive_int, default=20)
