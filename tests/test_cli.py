@@ -251,7 +251,7 @@ def test_bench_derive_counts_flops_linear_in_the_samples():
                                                ("steps", "--repeats", "-1"), ("ops", "--threads", "0"),
                                                ("derive", "--layers", "x")])
 def test_bench_rejects_counts_below_one_by_name(what, flag, value):
-    # Before, `--batches 0` failed with an IndexError deep inside and `--candidates 0` timed nothing.
+    # Unchecked, `--batches 0` would fail with an IndexError deep inside and `--candidates 0` time nothing.
     out = _natfast("bench", what, flag, value)
     assert out.returncode == 2
     assert f"argument {flag}:" in out.stderr and "Traceback" not in out.stderr
