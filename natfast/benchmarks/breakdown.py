@@ -71,7 +71,8 @@ def op_times(run) -> Dict[str, Dict[str, float]]:
         return call
 
     namespace = torch.ops.natfast
-    names = [n for n in dir(namespace) if not n.startswith("_") and isinstance(getattr(namespace, n), torch._ops.OpOverloadPacket)]
+    names = [n for n in dir(namespace)
+             if not n.startswith("_") and isinstance(getattr(namespace, n), torch._ops.OpOverloadPacket)]
     originals = {n: getattr(namespace, n) for n in names}
     node_sum = _RunContext.node_sum
     try:
@@ -94,8 +95,8 @@ def op_times(run) -> Dict[str, Dict[str, float]]:
     return {"pass_ms": round(total, 3), "ops": table}
 
 
-def main(argv: List[str], prog: str = "natfast bench breakdown") -> Dict:
-    p = arguments(prog)
+def main(argv: List[str]) -> Dict:
+    p = arguments("natfast bench breakdown")
     p.add_argument("--rounds", type=positive_int, default=7)
     args = p.parse_args(argv)
     if args.device not in ("auto", "cpu"):

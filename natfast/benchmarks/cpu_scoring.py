@@ -107,8 +107,9 @@ def step_ab(rounds: int, batch: int = 64, layers: int = 8, channels: int = 20) -
     return result
 
 
-def main(argv: List[str], prog: str = "natfast bench cpu-scoring") -> Dict:
-    parser = argparse.ArgumentParser(prog=prog, description="natfast's CPU scoring choices against their alternatives")
+def main(argv: List[str]) -> Dict:
+    parser = argparse.ArgumentParser(prog="natfast bench cpu-scoring",
+                                     description="natfast's CPU scoring choices against their alternatives")
     parser.add_argument("--rounds", type=positive_int, default=4)
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--ops-only", action="store_true")

@@ -48,7 +48,7 @@ def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
 
 
 def arguments(prog: str = "natfast bench derive") -> argparse.ArgumentParser:
-    """The workload's flags (bench/derive_breakdown.py takes the same)."""
+    """The workload's flags (`natfast bench breakdown` takes the same)."""
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--candidates", type=positive_int, default=10)
     p.add_argument("--arch", default="DARTS")
@@ -97,8 +97,8 @@ def workload(args) -> Workload:
     return Workload(supernet, archs, batches)
 
 
-def main(argv: List[str], prog: str = "natfast bench derive") -> Dict:
-    p = arguments(prog)
+def main(argv: List[str]) -> Dict:
+    p = arguments("natfast bench derive")
     p.add_argument("--skip-authors", action="store_true", help="skip the authors' way on plain PyTorch ops "
                    "(the slowest of the four)")
     p.add_argument("--skip-flops", action="store_true", help="skip counting the FLOPs and timing the matmul "

@@ -25,8 +25,8 @@ def _repeated(fn: Callable[[], object], calls: int) -> Callable[[], None]:
     return run
 
 
-def main(argv: List[str], prog: str = "natfast bench dispatch") -> Dict:
-    p = argparse.ArgumentParser(prog=prog, description="per-call cost of picking a backend")
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench dispatch", description="per-call cost of picking a backend")
     p.add_argument("--calls", type=positive_int, default=50000, help="resolutions per timed call")
     p.add_argument("--repeats", type=positive_int, default=5)
     args = p.parse_args(argv)

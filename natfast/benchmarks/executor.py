@@ -37,8 +37,9 @@ def measure(batch: int, channels: int, layers: int, device: str = "cpu", repeat:
             "saved_ms": round(ms["python"] - ms["executor"], 3), "speedup": round(ms["python"] / ms["executor"], 2)}
 
 
-def main(argv: List[str], prog: str = "natfast bench executor") -> Dict:
-    p = argparse.ArgumentParser(prog=prog, description="the compiled executor against Supernet.forward")
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench executor",
+                                description="the compiled executor against Supernet.forward")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=positive_int, default=20)
     p.add_argument("--arch", default="DARTS", help="a named architecture")

@@ -32,8 +32,9 @@ def unfused(module: FactorizedReduce, parts, groups=None) -> torch.Tensor:
     return module.norm(torch.cat([conv1x1(even, wa), conv1x1(odd, wb)], dim=1), groups)
 
 
-def main(argv: List[str], prog: str = "natfast bench factorized-reduce") -> Dict:
-    p = argparse.ArgumentParser(prog=prog, description="FactorizedReduce fused against unfused")
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench factorized-reduce",
+                                description="FactorizedReduce fused against unfused")
     p.add_argument("--repeats", type=positive_int, default=9)
     p.add_argument("--batch-size", type=positive_int, default=64)
     args = p.parse_args(argv)

@@ -27,8 +27,8 @@ from .timing import interleaved_times_ms
 ALL = 10 ** 6   # more lanes than any step has: all at once
 
 
-def main(argv: List[str], prog: str = "natfast bench lanes") -> Dict:
-    p = argparse.ArgumentParser(prog=prog, description="the policy step's lanes at once, swept")
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench lanes", description="the policy step's lanes at once, swept")
     p.add_argument("--rounds", type=positive_int, default=4, help="rounds (the first is a warm-up, >= 2)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--layers", type=positive_int, default=8)

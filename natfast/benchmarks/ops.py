@@ -232,8 +232,8 @@ def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups:
     return result
 
 
-def main(argv: List[str], prog: str = "natfast bench ops") -> Dict:
-    p = argparse.ArgumentParser(prog=prog)
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench ops")
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")

@@ -42,8 +42,8 @@ def sequential_update_theta(s: Searcher, x, y, gen) -> None:
     s.policy_optimizer.step()
 
 
-def main(argv: List[str], prog: str = "natfast bench steps") -> Dict:
-    p = argparse.ArgumentParser(prog=prog)
+def main(argv: List[str]) -> Dict:
+    p = argparse.ArgumentParser(prog="natfast bench steps")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--layers", type=positive_int, default=8)
     p.add_argument("--channels", type=positive_int, default=20)
