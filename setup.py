@@ -29,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 from setuptools import find_packages, setup
@@ -162,7 +163,27 @@ def _extension_modules():
         ext = cpp_extension.CppExtension(
             "natfast._C", sources, include_dirs=include_dirs, define_macros=define_macros,
             extra_compile_args={"cxx": cxx}, extra_link_args=omp_link)
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": _keeping_objects(cpp_extension.BuildExtension).with_options(use_ninja=True)}
+
+
+# Where the compiled objects and ninja's build file stay between builds: the folder
+# `setup.py build_ext --inplace` uses, so either way of building reuses the other's objects.
+KEPT_BUILD_TEMP = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+
+def _keeping_objects(build_ext):
+    """build_ext, its objects kept in KEPT_BUILD_TEMP by editable installs too.
+
+    pip's editable install (PEP 660) builds in a fresh temporary folder each time, so ninja, finding
+    no objects, recompiled the whole extension on every `pip install -e .` (minutes) even with no
+    source changed. In a kept folder ninja recompiles only the sources whose command, file or
+    included headers changed, and the install with nothing changed only relinks."""
+    class KeepingObjects(build_ext):
+        def finalize_options(self) -> None:
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):
+                self.build_temp = KEPT_BUILD_TEMP
+    return KeepingObjects
 
 
 ext_modules, cmdclass = _extension_modules()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU machine runs other versions than CI (torch 2.11 + Triton 3.6 there, 2.14 + 3.8 here), and a
-# GPU session is rare and short: its first run was spent on a CUDA build that broke only under torch
-# 2.11's headers. This check installs the GPU machine's torch (and the Triton it pins) into a
+# The GPU machine runs other versions than CI (torch 2.11 + Triton 3.6 there, 2.14 + 3.8 here), and
+# time on it is rare and short: a CUDA build that breaks only under torch 2.11's headers would spend it
+# (bench/RESULTS.md, "GPU (H100)"). This check installs the GPU machine's torch (and the Triton it pins) into a
 # throwaway virtual environment and, with no GPU, there
 #   1. compiles, links and loads natfast._C with its CUDA part (.ci/build_cuda_check.sh), and
 #   2. runs the Triton kernels' tests under that Triton's interpreter and compiles every launch they

@@ -1,126 +1,16 @@
-"""What natfast's CPU scoring choices give, each against its alternative in the same process.
+"""`natfast bench cpu-scoring` as a script: what natfast's CPU scoring choices give, each against
+its alternative in the same process (natfast/benchmarks/cpu_scoring.py).
 
     python bench/cpu_scoring_ab.py [--rounds 4] [--ops-only | --step-only]
 
-Ops (one thread, batch 64, the supernet's shapes at C = 20): the fused kernels whose GEMM can be
-natfast's AVX2 kernel or torch's BLAS, with NATFAST_CPU_BLAS unset (the automatic choice), =1
-(BLAS throughout) and =0 (natfast's kernel throughout), switched between calls (the kernels read
-it on every call); scoring ops forward only, the preprocessing also forward + backward.
-
-Step (the 4 x 4 policy step, batch 64, 8 cells, C = 20, all threads): as shipped, with the BLAS
-throughout, and with the two cells that preprocess one cell output each reading it on their own
-(`cat_conv1x1_bn_each` forced to its reference).
-
-Variants take turns round by round; prints each one's median milliseconds (JSON) and the ratios
-to the shipped choice. Keeps freed memory as the `natfast` command does.
+Prints the result as JSON (the keys of `natfast bench cpu-scoring --json`).
 """
-from __future__ import annotations
+import sys
+from pathlib import Path
 
-import argparse
-import itertools
-import json
-import os
-import tempfile
-from typing import Callable, Dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this source tree's natfast
 
-import torch
-
-from natfast._malloc import keep_freed_memory
-from natfast.benchmarks import interleaved_median_ms
-from natfast.ops import fused
-from natfast.ops.dispatch import use_backend
-
-BLAS_SETTINGS = {"auto": "", "blas": "1", "own": "0"}
-
-
-def _with_blas(setting: str, fn: Callable[[], object]) -> Callable[[], None]:
-    def run() -> None:
-        os.environ["NATFAST_CPU_BLAS"] = setting
-        fn()
-    return run
-
-
-def ops_ab(rounds: int) -> Dict[str, Dict[str, float]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(0)
-    results: Dict[str, Dict[str, float]] = {}
-    try:
-        for hw, c in ((32, 20), (16, 40), (8, 80)):
-            x = torch.randn(64, c, hw, hw, generator=gen)
-            dw1, dw2 = (torch.randn(c, 1, 3, 3, generator=gen) for _ in range(2))
-            pw1, pw2 = (torch.randn(c, c, 1, 1, generator=gen) for _ in range(2))
-            nodes = [torch.randn(64, c, hw, hw, generator=gen, requires_grad=True) for _ in range(4)]
-            weight = torch.randn(c, 4 * c, 1, 1, generator=gen, requires_grad=True)
-            grad = torch.randn(64, c, hw, hw, generator=gen)
-
-            def sep_conv() -> None:
-                with torch.inference_mode():
-                    fused.sep_conv_bn(x, dw1, pw1, dw2, pw2, 1, None)
-
-            def preprocess() -> None:
-                with torch.inference_mode():
-                    fused.cat_conv1x1_bn(nodes, weight, None, relu_input=True)
-
-            def preprocess_fwd_bwd() -> None:
-                fused.cat_conv1x1_bn(nodes, weight, None, relu_input=True).backward(grad)
-
-            for name, fn in (("sep_conv_scoring", sep_conv), ("preprocess_scoring", preprocess),
-                             ("preprocess_fwd_bwd", preprocess_fwd_bwd)):
-                ms = interleaved_median_ms({k: _with_blas(v, fn) for k, v in BLAS_SETTINGS.items()}, rounds * 5)
-                results[f"{name}_C{c}_{hw}x{hw}"] = {**{k: round(t, 2) for k, t in ms.items()},
-                                                    "blas_over_auto": round(ms["blas"] / ms["auto"], 3)}
-    finally:
-        torch.set_num_threads(threads)
-        os.environ.pop("NATFAST_CPU_BLAS", None)
-    return results
-
-
-def step_ab(rounds: int) -> Dict[str, float]:
-    from natfast.config import SearchConfig
-    from natfast.search import Searcher, step_generator
-
-    with tempfile.TemporaryDirectory() as out:
-        s = Searcher(SearchConfig(out=out, batch_size=64, layers=8, channels=20, device="cpu", progress=False),
-                     log=lambda _: None)
-    x, y = next(iter(s.w_loader.epoch(0)))
-    s.cfg.num_inputs, s.cfg.num_samples = 4, 4
-
-    def step(blas: str, **forced: str) -> Callable[[], None]:
-        turns = itertools.count()
-
-        def run() -> None:
-            os.environ["NATFAST_CPU_BLAS"] = blas
-            with use_backend("auto", **forced):
-                s.update_theta(x, y, step_generator(0, next(turns), 2))
-        return run
-
-    try:
-        ms = interleaved_median_ms({"shipped": step(""), "blas": step("1"),
-                                    "separate_preprocessing": step("", cat_conv1x1_bn_each="reference")}, rounds)
-    finally:
-        os.environ.pop("NATFAST_CPU_BLAS", None)
-    result = {f"{k}_ms": round(t) for k, t in ms.items()}
-    result["blas_over_shipped"] = round(ms["blas"] / ms["shipped"], 3)
-    result["separate_preprocessing_over_shipped"] = round(ms["separate_preprocessing"] / ms["shipped"], 3)
-    return result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    only = parser.add_mutually_exclusive_group()
-    only.add_argument("--ops-only", action="store_true")
-    only.add_argument("--step-only", action="store_true")
-    args = parser.parse_args()
-    kept = keep_freed_memory()
-    report: Dict[str, object] = {"threads": torch.get_num_threads(), "freed_memory_kept": kept}
-    if not args.step_only:
-        report["ops_one_thread_ms"] = ops_ab(args.rounds)
-    if not args.ops_only:
-        report["policy_step_4x4"] = step_ab(args.rounds)
-    print(json.dumps(report, indent=1))
-
+from natfast.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["bench", "cpu-scoring", "--json", *sys.argv[1:]]))

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -31,6 +30,7 @@ if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's int
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
 
+from natfast.benchmarks.timing import median_ms  # noqa: E402
 from natfast.ops import dispatch, gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
 from natfast.ops.mixed import routed_mixed_op  # noqa: E402
@@ -51,26 +51,7 @@ def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
     """Median milliseconds of fn() measured with CUDA events (a host timer on the CPU)."""
     if DEV == "cpu":  # --smoke: the interpreter is slow, and these timings mean nothing anyway
         iters, warmup = 1, 1
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_ms(fn, iters, warmup, cuda_events=DEV == "cuda", digits=None)
 
 
 def graph_time(fn) -> float:
@@ -87,11 +68,6 @@ def graph_time(fn) -> float:
     with torch.cuda.graph(graph):
         fn()
     return gpu_time(graph.replay)
-
-
-def synchronize() -> None:
-    if DEV == "cuda":
-        torch.cuda.synchronize()
 
 
 def copy_bandwidth(n: int = 256 * 2**20 // 4) -> dict:
@@ -295,12 +271,11 @@ def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: 
     def ms_per_step(backend: str, arch_list, use_executor: bool = False) -> float:
         for arch in {repr(a): a for a in arch_list}.values():  # warm-up: every architecture once
             step(arch, backend, use_executor)  # (Triton compiles each kernel configuration here)
-        synchronize()
-        start = time.perf_counter()
-        for arch in arch_list:
-            step(arch, backend, use_executor)
-        synchronize()
-        return (time.perf_counter() - start) * 1000 / len(arch_list)
+
+        def steps() -> None:
+            for arch in arch_list:
+                step(arch, backend, use_executor)
+        return median_ms(steps, 1, warmup=0, digits=None) / len(arch_list)
 
     result = {"batch": batch, "steps": steps, "channels": channels, "layers": layers}
     result["auto_ms"], result["reference_ms"] = ms_per_step("auto", archs), ms_per_step("reference", archs)

@@ -55,10 +55,10 @@ stage "step, derive, dispatch-table and executor benchmarks (log: $RESULTS/natfa
   run_for 90 "$PYTHON" -m natfast bench steps --device cuda --json >"$RESULTS/steps.json"
   run_for 60 "$PYTHON" -m natfast bench derive --device cuda --json >"$RESULTS/derive.json"
   run_for 90 "$PYTHON" -m natfast.ops.dispatch_table
-  run_for 40 "$PYTHON" bench/executor_overhead.py --device cuda
+  run_for 40 "$PYTHON" -m natfast bench executor --device cuda --json >"$RESULTS/executor.json"
 } >"$RESULTS/natfast_bench.log" 2>&1
-cat "$RESULTS/steps.json" "$RESULTS/derive.json" 2>/dev/null
-grep -E "^(relu_dwconv|pool2d|group_batch_norm|gcn_policy_logits|measuring|TABLE|DARTS|skipped)" "$RESULTS/natfast_bench.log"
+cat "$RESULTS/steps.json" "$RESULTS/derive.json" "$RESULTS/executor.json" 2>/dev/null
+grep -E "^(relu_dwconv|pool2d|group_batch_norm|gcn_policy_logits|measuring|TABLE|skipped)" "$RESULTS/natfast_bench.log"
 
 stage "done"
 echo "build: $build | tests (rc $tests_rc): $tests_summary | bench rc $bench_rc"

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from natfast.benchmarks.ops import GROUPS, _fwd_bwd
+from natfast.benchmarks.ops import GROUPS, fwd_bwd_step
 from natfast.ops import dispatch
 
 BATCH = 64
@@ -27,7 +27,7 @@ def _names(group: str):
 @pytest.mark.parametrize("group,case", [(g, n) for g in GROUPS for n in _names(g)])
 def test_fwd_bwd(benchmark, group, case, backend):
     fn, inputs = _cases(group)[case]
-    step = _fwd_bwd(fn, inputs)
+    step = fwd_bwd_step(fn, inputs)
     with dispatch.use_backend(backend):
         benchmark.pedantic(step, rounds=10, warmup_rounds=2)
     benchmark.extra_info["threads"] = torch.get_num_threads()

@@ -3,7 +3,7 @@
 Scoring many architectures under inference mode frees each activation as soon as the next op has
 read it. glibc hands big freed blocks back to the kernel (munmap, heap trimming), so the next
 allocation of the same size faults every page in again: 0.3-1 million minor page faults per
-derive pass over 11 architectures on the 2-core test VM, 10-15% of its time (bench/RESULTS.md).
+derive pass over 11 architectures on a 2-core VM, 10-15% of its time (bench/RESULTS.md, "Memory and lanes").
 Serving every allocation from the heap and never trimming it removes them; the price is that the
 process keeps its peak memory until it exits, which suits a CLI run. Every thread allocates from
 that one heap: glibc gives other threads (the lane workers) arenas of 64 MB heaps, each unmapped

@@ -128,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="which backends are active, and why")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(fn=cmd_info)
-    p = sub.add_parser("bench", help="benchmarks: steps, ops, derive (see bench/RESULTS.md)")
-    p.add_argument("what", choices=["steps", "ops", "derive"])
+    from .benchmarks import COMMANDS as BENCHMARKS
+    p = sub.add_parser("bench", help=f"benchmarks: {', '.join(BENCHMARKS)} (see bench/RESULTS.md)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="\n".join(f"{k:18s} {v}" for k, v in BENCHMARKS.items()))
+    p.add_argument("what", choices=list(BENCHMARKS), metavar="what", help="one of the benchmarks above")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--help lists them)")
     p.set_defaults(fn=cmd_bench)

@@ -235,15 +235,15 @@ def test_derive_breakdown_times_every_op_of_a_pass():
 def test_bench_derive_counts_flops_linear_in_the_samples():
     # The bench counts one batch and scales by the samples: exact, as every counted op's FLOPs
     # are proportional to its batch size.
-    from natfast.benchmarks.derive import _count_gflop, sequential_scores
+    from natfast.benchmarks.derive import count_gflop, sequential_scores
     from natfast.genotype import get_family
     from natfast.supernet import Supernet
     beta, family = get_named("DARTS")
     torch.manual_seed(0)
     supernet = Supernet(get_family(family.name), 4, 5)
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    one = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
-    three = _count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
+    one = count_gflop(lambda: sequential_scores(supernet, [beta], [(x[:2], y[:2])], True))
+    three = count_gflop(lambda: sequential_scores(supernet, [beta], [(x, y)], True))
     assert one > 0 and three == pytest.approx(3 * one, rel=1e-9)
 
 
@@ -251,7 +251,7 @@ def test_bench_derive_counts_flops_linear_in_the_samples():
                                                ("steps", "--repeats", "-1"), ("ops", "--threads", "0"),
                                                ("derive", "--layers", "x")])
 def test_bench_rejects_counts_below_one_by_name(what, flag, value):
-    # Before, `--batches 0` failed with an IndexError deep inside and `--candidates 0` timed nothing.
+    # Unchecked, `--batches 0` would fail with an IndexError deep inside and `--candidates 0` time nothing.
     out = _natfast("bench", what, flag, value)
     assert out.returncode == 2
     assert f"argument {flag}:" in out.stderr and "Traceback" not in out.stderr

@@ -1,12 +1,29 @@
-"""`natfast bench steps|ops|derive`: each returns one JSON-able dict (medians in milliseconds),
-the baseline always measured in the same run on the same inputs."""
+"""natfast's benchmarks: `natfast bench <what>`, one module here each, every one returning one
+JSON-able dict (times in milliseconds) with its baseline measured in the same run on the same
+inputs, all timed by the one loop of `timing`. The scripts in bench/ are thin callers of these
+modules (their command lines and JSON keys kept); bench/RESULTS.md records what they measured."""
 from __future__ import annotations
 
 import argparse
 import importlib
-import statistics
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
+
+# `natfast bench <what>`: what it measures (module: <what> with "-" as "_").
+COMMANDS = {
+    "steps": "the supernet's and the policy's updates, fast vs reference path; the 4 x 4 policy step "
+             "batched vs one architecture at a time",
+    "ops": "each hot op and op module, fast vs reference path; GFLOP/s against the machine's sgemm",
+    "derive": "scoring K candidates batched vs one at a time, and how far from the machine's peak",
+    "breakdown": "where the batched derive pass spends its time, per op (also bench/derive_breakdown.py)",
+    "executor": "per-step cost of the compiled executor against Supernet.forward (also "
+                "bench/executor_overhead.py)",
+    "dispatch": "per-call cost of picking a backend, in microseconds (also bench/dispatch_overhead.py)",
+    "cpu-scoring": "the CPU scoring choices (GEMM or BLAS, preprocessing read once) against their "
+                   "alternatives (also bench/cpu_scoring_ab.py)",
+    "factorized-reduce": "FactorizedReduce's two fused halves against the unfused way (also "
+                         "bench/factorized_reduce.py)",
+    "lanes": "how many architectures to run through the cells together on a CPU (also bench/lanes_sweep.py)",
+}
 
 
 def positive_int(text: str) -> int:
@@ -20,39 +37,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _synchronize() -> None:
-    """Wait for queued GPU work, so a host timer measures the kernels, not their launches."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def interleaved_median_ms(variants: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Median ms of each variant, the variants taking turns step by step: a change in the
-    machine's load (this project's CPU machines are shared) then hits all of them alike, so their
-    ratios stay fair."""
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    times: Dict[str, List[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            _synchronize()
-            start = time.perf_counter()
-            fn()
-            _synchronize()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: round(statistics.median(t), 3) for name, t in times.items()}
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median ms of fn() over `repeats` calls after `warmup` untimed ones."""
-    return interleaved_median_ms({"fn": fn}, repeats, warmup)["fn"]
-
-
 def run(what: str, argv: List[str]) -> Dict:
-    module = importlib.import_module(f"{__name__}.{what}")
+    """The result of `natfast bench <what> <argv...>`."""
+    if what not in COMMANDS:
+        raise ValueError(f"unknown benchmark {what!r}; choose from {', '.join(COMMANDS)}")
+    module = importlib.import_module(f"{__name__}.{what.replace('-', '_')}")
     return module.main(argv)
 
 

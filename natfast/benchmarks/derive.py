@@ -13,8 +13,7 @@ batched path is: `derive_floor_ms` is the time its FLOPs would take at that matm
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,7 +27,8 @@ from ..ops.dispatch import use_backend
 from ..policy import GCNPolicy
 from ..search import pick_device
 from ..supernet import Supernet
-from . import interleaved_median_ms, positive_int
+from . import positive_int
+from .timing import interleaved_median_ms, matmul_gflops
 
 
 def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
@@ -48,7 +48,7 @@ def sequential_scores(supernet, archs, batches, inference: bool) -> List[float]:
 
 
 def arguments(prog: str = "natfast bench derive") -> argparse.ArgumentParser:
-    """The workload's flags (bench/derive_breakdown.py takes the same)."""
+    """The workload's flags (`natfast bench breakdown` takes the same)."""
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--candidates", type=positive_int, default=10)
     p.add_argument("--arch", default="DARTS")
@@ -98,7 +98,7 @@ def workload(args) -> Workload:
 
 
 def main(argv: List[str]) -> Dict:
-    p = arguments()
+    p = arguments("natfast bench derive")
     p.add_argument("--skip-authors", action="store_true", help="skip the authors' way on plain PyTorch ops "
                    "(the slowest of the four)")
     p.add_argument("--skip-flops", action="store_true", help="skip counting the FLOPs and timing the matmul "
@@ -146,8 +146,8 @@ def _arithmetic(supernet, archs, batches, timed: Dict) -> Dict:
     # FLOPs grow linearly with the samples, so the first batch is counted and scaled.
     x, y = batches[0]
     scale = sum(len(labels) for _, labels in batches) / len(y)
-    batched = _count_gflop(lambda: score_architectures(supernet, archs, ListLoader([(x, y)]))) * scale
-    sequential = _count_gflop(lambda: sequential_scores(supernet, archs, [(x, y)], True)) * scale
+    batched = count_gflop(lambda: score_architectures(supernet, archs, ListLoader([(x, y)]))) * scale
+    sequential = count_gflop(lambda: sequential_scores(supernet, archs, [(x, y)], True)) * scale
     peak = matmul_gflops(x.device)
     floor_ms = batched / peak * 1000
     return {"derive_gflop": round(batched, 3), "sequential_gflop": round(sequential, 3),
@@ -156,7 +156,7 @@ def _arithmetic(supernet, archs, batches, timed: Dict) -> Dict:
             "speedup_bound_vs_sequential": round(timed["sequential_derive_ms"] / floor_ms, 2)}
 
 
-def _count_gflop(fn: Callable[[], object]) -> float:
+def count_gflop(fn: Callable[[], object]) -> float:
     """GFLOP of fn's convolutions and matmuls. On the reference path, since FlopCounterMode knows
     aten's ops and not natfast's kernels; on this thread, since the mode is per thread. The
     supernet's sharing and skipping of values do not depend on the path."""
@@ -164,28 +164,6 @@ def _count_gflop(fn: Callable[[], object]) -> float:
             FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
-
-
-def matmul_gflops(device: torch.device, size: Optional[int] = None, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 size x size matmul on `device` with torch's threads: the rate this
-    machine reaches on dense arithmetic (best of `repeats`). Default size: 1024 on a CPU, 4096 on a
-    GPU (where a smaller one would time the launch more than the arithmetic)."""
-    size = size or (4096 if device.type == "cuda" else 1024)
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    best = float("inf")
-    for _ in range(repeats + 1):   # the first call warms up
-        _synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _with_one_worker(fn, *args):

@@ -25,7 +25,8 @@ from ..ops.fused import cat_conv1x1_bn, conv1x1_bn, pool_bn
 from ..ops.layers import make_op
 from ..ops.norm import group_batch_norm
 from ..ops.pool import pool2d
-from . import interleaved_median_ms, median_ms, positive_int
+from . import positive_int
+from .timing import interleaved_median_ms, matmul_gflops
 
 STAGES = ((20, 32), (40, 16), (80, 8))        # (C, H) of the normal cells
 REDUCTIONS = ((40, 32), (80, 16))             # (C, H) of the stride-2 edges' inputs
@@ -33,13 +34,7 @@ DWCONV = {"sep3": (3, 1), "sep5": (5, 1), "dil3": (3, 2), "dil5": (5, 2)}   # na
 MODULES = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "conv_3x3", "max_pool_3x3", "avg_pool_3x3")
 
 
-def sgemm_gflops(repeats: int, n: int = 1024) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    ms = median_ms(lambda: torch.mm(a, b), repeats, warmup=2)
-    return round(2 * n ** 3 / ms / 1e6, 1)
-
-
-def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+def fwd_bwd_step(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
     """One forward+backward of fn on inputs (all requiring grad; a module's parameters too), with a
     fixed upstream gradient."""
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
@@ -220,14 +215,14 @@ def bench_ops(json_out: bool = True, repeats: int = 10, batch: int = 64, groups:
         torch.set_num_threads(threads)
     why = _ext.load()[1]
     capability = torch.ops.natfast.cpu_capability() if _ext.has_op("cpu_capability") else "no CPU kernels"
-    sgemm = sgemm_gflops(repeats)
+    sgemm = round(matmul_gflops(torch.device("cpu"), 1024, repeats, warmup=2), 1)
     result: Dict = {"machine": cpu_name(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "extension": why, "cpu_backend": STATUS.get("cpu", "not loaded"),
                     "cpu_capability": capability, "batch": batch, "repeats": repeats, "sgemm_gflops": sgemm}
     for group in groups or GROUPS:
         table: Dict[str, Dict] = {}
         for name, fn, inputs, flops in GROUPS[group](batch):
-            step = STEPS.get(group, _fwd_bwd)(fn, inputs)
+            step = STEPS.get(group, fwd_bwd_step)(fn, inputs)
             table[name] = _compare(step, repeats, flops, sgemm, FUSED.get(group, ()))
             if not json_out:
                 row = table[name]

@@ -18,7 +18,8 @@ from ..config import SearchConfig
 from ..info import cpu_name
 from ..ops.dispatch import use_backend
 from ..search import Searcher, step_generator
-from . import interleaved_median_ms, median_ms, positive_int
+from . import positive_int
+from .timing import interleaved_median_ms, median_ms
 
 
 def sequential_update_theta(s: Searcher, x, y, gen) -> None:

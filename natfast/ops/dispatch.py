@@ -77,11 +77,16 @@ def registered(op: str) -> List[str]:
     return list(_registry.get(op, {}))
 
 
+def operations() -> List[str]:
+    """Every dispatched op."""
+    return sorted(_registry)
+
+
 @functools.lru_cache(maxsize=64)
 def _parse_env(value: str) -> Tuple[Optional[str], Mapping[str, str]]:
     """`NATFAST_BACKEND` is `auto`, a backend name, or `op=backend,...` overrides. Cached: every
     dispatched call reads the variable (parsing it each time cost 1.2-1.7 us a call:
-    bench/dispatch_overhead.py)."""
+    bench/RESULTS.md, "Other measurements")."""
     forced, per_op = None, {}
     for part in filter(None, (p.strip() for p in value.split(","))):
         if "=" in part:

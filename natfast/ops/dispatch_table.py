@@ -31,8 +31,8 @@ SIZE_OF: Dict[str, Callable[..., int]] = {
     "bn_node_sum": lambda inputs, *args, **kwargs: inputs[0].numel(),
 }
 
-# Measured on an H100 (torch 2.11, Triton 3.6; 2026-11-28, bench/RESULTS.md "GPU: H100"), without
-# the CUDA C++ backend (its build failed in that run). At the search shapes every Triton kernel lost
+# Measured on an H100 (torch 2.11, Triton 3.6; bench/RESULTS.md, "GPU (H100)"), without the CUDA C++
+# backend (its build failed in that run). At the search shapes every Triton kernel lost
 # to PyTorch eager in per-call time, where the host's launch cost dominates, so eager serves them.
 # The CUDA C++ kernels are unmeasured: forced (NATFAST_BACKEND / use_backend) they still run.
 _EAGER_FIRST = [Rule(float("inf"), ("reference", "triton"))]
