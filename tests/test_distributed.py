@@ -247,6 +247,11 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_state(tmp_path, world):
     _kill_after_checkpoint(killed, tmp_path / "killed" / "checkpoint.pt")
     stopped_at = _state(tmp_path / "killed")["position"]["step"]
     assert 2 <= stopped_at < 9
+    if world == 2:   # without --resume: refused by rank 0, reported once, the others stop with it
+        again = _launch(_natfast("search", tmp_path / "killed", cfg), world, tmp_path, "again")
+        assert _wait(again) == [2, 1]
+        assert "already holds a checkpoint" in _output(tmp_path, "again", 0)
+        assert _output(tmp_path, "again", 1) == ""
     resumed = _launch(_natfast("search", tmp_path / "killed", {**cfg, "resume": True}), world, tmp_path, "resumed")
     assert _wait(resumed) == [0] * world, _output(tmp_path, "resumed", 0)
     assert f"resumed from {tmp_path / 'killed' / 'checkpoint.pt'} at step {stopped_at}" in \
