@@ -46,7 +46,7 @@ def cmd_search(args) -> int:
     cfg = from_arguments(SearchConfig, args, base)
     searcher = search(cfg)
     if searcher.ranks.is_main:
-            print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
+        print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
               f"reward baseline {searcher.baseline:+.4f})")
     return 0
 

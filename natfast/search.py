@@ -203,7 +203,8 @@ class Searcher:
             loss.backward()
         # With several processes (each with its own pairs): the policy gradient and the statistics,
         # the reward that moves the shared baseline included, averaged over all processes' pairs.
-        mean_reward, loss_value, entropy, beta_acc, alpha_acc = self.ranks.average_gradients(self.policy_params, stats)
+        mean_reward, loss_value, entropy, beta_acc, alpha_acc = self.ranks.average_gradients(
+            self.policy_params, stats)
         if self.policy_optimizer is not None:
             self.policy_optimizer.step()
         self.baseline = cfg.baseline_decay * self.baseline + (1 - cfg.baseline_decay) * mean_reward

@@ -88,11 +88,12 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            loss_value = loss.item()
             # The norm is of the averaged gradient: a non-finite loss on any process stops them all here.
-            faults.check_finite({"loss": loss.item(), "gradient norm": float(norm)},
+            faults.check_finite({"loss": loss_value, "gradient norm": float(norm)},
                                 f"epoch {self.epoch}, batch {i}", os.path.join(cfg.out, "checkpoint.pt"))
             self.optimizer.step()
-            total_loss += loss.item() * len(y)
+            total_loss += loss_value * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
             bar.update(done + i + 1, f"epoch {self.epoch} loss {total_loss / seen:.3f}")
@@ -125,11 +126,13 @@ class Trainer:
                      f"{cfg.batch_size // self.ranks.world} images of each batch per process")
         bar = Progress(cfg.epochs * len(self.train_loader), cfg.progress and main)
         record: Dict[str, float] = {}
-        with open(os.path.join(cfg.out, "metrics.jsonl") if main else os.devnull, "a" if resuming else "w") as metrics:
+        metrics_path = os.path.join(cfg.out, "metrics.jsonl") if main else os.devnull
+        with open(metrics_path, "a" if resuming else "w") as metrics:
             while self.epoch < cfg.epochs:
                 record = self.train_epoch(bar, self.epoch * len(self.train_loader))
                 # Rank 0 evaluates (with its BN running averages, the ones it saves); all get the result.
-                record.update(epoch=self.epoch, test_acc=self.ranks.from_main(self.evaluate), lr=self.lr(self.epoch))
+                record.update(epoch=self.epoch, test_acc=self.ranks.from_main(self.evaluate),
+                              lr=self.lr(self.epoch))
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 self.epoch += 1
