@@ -10,11 +10,12 @@ instead of hanging.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -135,6 +136,17 @@ class Ranks:
             raise StoppedOnRankZero(f"rank 0 stopped the run: {payload}")
         return payload
 
+    @contextlib.contextmanager
+    def communicating(self, what: str) -> Iterator[None]:
+        """A block holding collectives natfast does not call itself (DistributedDataParallel's, in
+        forward and backward): a communication failure in it becomes a RankFailure naming `what`."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if not self.distributed or not _is_communication_error(exc):
+                raise
+            raise self._failure(what, exc) from None
+
     def _device(self) -> torch.device:
         # NCCL reduces CUDA tensors only; gloo CPU ones.
         if dist.get_backend() == "nccl":
@@ -145,11 +157,19 @@ class Ranks:
         try:
             return fn(*args)
         except RuntimeError as exc:  # gloo and NCCL raise RuntimeError (DistBackendError) subclasses
-            first = _what_failed(exc)
-            timeout = (f"the {self.timeout_s:.0f} s timeout (--dist-timeout)" if self.timeout_s is not None
-                       else "the process group's timeout")
-            raise RankFailure(f"rank {self.rank} of {self.world}: {what} across the processes failed: another "
-                              f"rank died or did not answer within {timeout} ({first})") from None
+            raise self._failure(what, exc) from None
+
+    def _failure(self, what: str, exc: BaseException) -> RankFailure:
+        timeout = (f"the {self.timeout_s:.0f} s timeout (--dist-timeout)" if self.timeout_s is not None
+                   else "the process group's timeout")
+        return RankFailure(f"rank {self.rank} of {self.world}: {what} across the processes failed: another "
+                           f"rank died or did not answer within {timeout} ({_what_failed(exc)})")
+
+
+def _is_communication_error(exc: BaseException) -> bool:
+    """torch's distributed errors, and gloo's, which come as plain RuntimeErrors naming gloo."""
+    return (isinstance(exc, getattr(dist, "DistError", ())) or
+            re.search(r"gloo|nccl|connection (reset|closed)|timed out", str(exc), re.IGNORECASE) is not None)
 
 
 def _what_failed(exc: BaseException) -> str:

@@ -81,12 +81,14 @@ class Trainer:
         total_loss = correct = seen = 0
         for i, (x, y) in enumerate(self.train_loader.epoch(self.epoch)):
             x, y = x.to(self.device), y.to(self.device)
-            logits, aux = self.forward_train(x)
-            loss = F.cross_entropy(logits, y)
-            if aux is not None:
-                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP broadcasts rank 0's BN buffers in forward and all-reduces the gradients in backward.
+            with self.ranks.communicating(f"epoch {self.epoch}, batch {i}: the gradient all-reduce"):
+                logits, aux = self.forward_train(x)
+                loss = F.cross_entropy(logits, y)
+                if aux is not None:
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             loss_value = loss.item()
             # The norm is of the averaged gradient: a non-finite loss on any process stops them all here.
