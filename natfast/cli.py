@@ -23,13 +23,31 @@ def _user_errors():
     return (CheckpointError, DataError, GenotypeError, UserError, ValueError, FileNotFoundError)
 
 
+def _run_failures():
+    """A run that stopped: a non-finite loss, or a process of a torchrun group that failed."""
+    from .distributed import RankFailure, StoppedOnRankZero
+    from .faults import NonFiniteError
+    return (NonFiniteError, RankFailure, StoppedOnRankZero)
+
+
+def _report(command: str, exc: Exception) -> None:
+    """One line on stderr; under torchrun only rank 0 reports what every process hit alike."""
+    from .distributed import StoppedOnRankZero, main_rank_only
+    from .faults import NonFiniteError
+    if main_rank_only():
+        print(f"natfast {command}: error: {exc}", file=sys.stderr)
+    elif not isinstance(exc, (StoppedOnRankZero, NonFiniteError)):
+        print(f"natfast {command} (rank {os.environ.get('RANK', '?')}): error: {exc}", file=sys.stderr)
+
+
 def cmd_search(args) -> int:
     from .search import search
     base = dict(PRESETS[args.preset]) if args.preset else {}
     cfg = from_arguments(SearchConfig, args, base)
     searcher = search(cfg)
-    print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
-          f"reward baseline {searcher.baseline:+.4f})")
+    if searcher.ranks.is_main:
+        print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
+              f"reward baseline {searcher.baseline:+.4f})")
     return 0
 
 
@@ -71,9 +89,11 @@ def cmd_transform(args) -> int:
 def cmd_train(args) -> int:
     from .train import Trainer
     cfg = from_arguments(TrainConfig, args, dict(TRAIN_PRESETS[args.preset]) if args.preset else {})
-    record = Trainer(cfg).run()
-    print(f"test accuracy {record.get('test_acc', float('nan')):.4f} after {cfg.epochs} epochs; "
-          f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}")
+    trainer = Trainer(cfg)
+    record = trainer.run()
+    if trainer.ranks.is_main:
+        print(f"test accuracy {record.get('test_acc', float('nan')):.4f} after {cfg.epochs} epochs; "
+              f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}")
     return 0
 
 
@@ -143,13 +163,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except _user_errors() as exc:
-        print(f"natfast {args.command}: error: {exc}", file=sys.stderr)
+        _report(args.command, exc)
         return 2
+    except _run_failures() as exc:
+        _report(args.command, exc)
+        return 1
     except KeyboardInterrupt:
         print(f"natfast {args.command}: interrupted (the last checkpoint is intact)", file=sys.stderr)
         return 130
+    from .distributed import shutdown
+    shutdown()
+    return code
 
 
 if __name__ == "__main__":

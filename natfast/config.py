@@ -77,6 +77,8 @@ class SearchConfig:
     seed: int = opt(0, "seed of every random choice (data order, augmentation, architectures, init)")
     device: str = opt("auto", "cpu, cuda or auto")
     threads: int = opt(0, "CPU threads (0: torch's default)", low=0)
+    dist_timeout: float = opt(600.0, "under torchrun: seconds a process waits for the others in a collective "
+                                     "before it stops with an error", low=1)
     checkpoint_every: int = opt(100, "save a checkpoint every this many steps (and at each epoch end)", low=0)
     max_steps: int = opt(0, "stop after this many steps in total (0: run all epochs); resume continues", low=0)
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
@@ -134,6 +136,8 @@ class TrainConfig:
     train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "cpu, cuda or auto")
+    dist_timeout: float = opt(600.0, "under torchrun: seconds a process waits for the others in a collective "
+                                     "(rank 0's evaluation included) before it stops with an error", low=1)
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")
     overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
                                  "such a run stops before writing anything)")

@@ -183,13 +183,20 @@ class BatchLoader:
 
     `augment` applies the standard CIFAR crop (4-pixel zero padding) and horizontal flip;
     `cutout` > 0 zeroes a random square of that side after normalisation (DARTS uses 16).
+    `shard=(rank, world)`: each batch is this rank's contiguous 1/world of the global batch of
+    `batch_size` (which world must divide), exactly those samples of the global batch, augmented
+    the same way.
     """
 
     def __init__(self, dataset: ArrayDataset, indices: Sequence[int] | np.ndarray | None = None,
                  batch_size: int = 64, shuffle: bool = True, augment: bool = False, cutout: int = 0,
-                 drop_last: bool = True, seed: int = 0):
+                 drop_last: bool = True, seed: int = 0, shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world or (world > 1 and not drop_last):
+            raise ValueError(f"shard {shard}: needs 0 <= rank < world, world dividing batch_size {batch_size} "
+                             f"and drop_last (every global batch full)")
         if cutout < 0:
             raise ValueError(f"cutout must be >= 0, got {cutout}")
         idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
@@ -197,7 +204,7 @@ class BatchLoader:
             raise ValueError(f"indices must be a 1-d array within 0..{len(dataset) - 1}")
         self.dataset, self.indices = dataset, idx
         self.batch_size, self.shuffle, self.augment, self.cutout = batch_size, shuffle, augment, cutout
-        self.drop_last, self.seed = drop_last, seed
+        self.drop_last, self.seed, self.shard = drop_last, seed, shard
         std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
         # (x/255 - mean)/std as a single multiply-add.
         self._scale = 1.0 / (255.0 * std)
@@ -221,38 +228,50 @@ class BatchLoader:
         b = self.batch_size
         for i in range(start_batch, len(self)):
             idx = order[i * b:(i + 1) * b]
-            y = torch.from_numpy(self.dataset.y[idx].astype(np.int64, copy=False))
+            rows = self._shard_rows(len(idx))
+            y = torch.from_numpy(self.dataset.y[idx[rows]].astype(np.int64, copy=False))
             yield self._make_batch(idx, epoch, i), y
 
+    def _shard_rows(self, n: int) -> slice:
+        rank, world = self.shard
+        return slice(rank * n // world, (rank + 1) * n // world)
+
     def _make_batch(self, idx: np.ndarray, epoch: int, batch: int) -> torch.Tensor:
-        x = torch.from_numpy(self.dataset.x[idx])  # (B, 32, 32, 3) uint8
+        """This shard's rows of the global batch `idx`: the random draws are made for the whole
+        global batch, so a shard's samples are augmented exactly as in the global batch."""
+        rows = self._shard_rows(len(idx))
+        x = torch.from_numpy(self.dataset.x[idx[rows]])  # (B, 32, 32, 3) uint8
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, batch, _AUG_STREAM))
         if self.augment:
-            x = _crop_flip(x, g)
+            x = _crop_flip(x, g, draws=len(idx), keep=rows)
         # Permute while still uint8 (4x cheaper to copy), then one float multiply-add.
         x = x.permute(0, 3, 1, 2).contiguous().float().mul_(self._scale).add_(self._shift)
         if self.cutout:
-            x.mul_(_cutout_mask(len(x), self.cutout, g))
+            x.mul_(_cutout_mask(len(idx), self.cutout, g, keep=rows))
         return x
 
 
-def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random 32x32 crop of the zero-padded NHWC batch plus random flip, as one gather."""
+def _crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4, draws: int = 0,
+               keep: slice = slice(None)) -> torch.Tensor:
+    """Random 32x32 crop of the zero-padded NHWC batch plus random flip, as one gather. The
+    random offsets are drawn for `draws` samples (default len(x)); x holds those `keep` selects."""
     n, h, w, c = x.shape
     padded = x.new_zeros((n, h + 2 * pad, w + 2 * pad, c))
     padded[:, pad:pad + h, pad:pad + w] = x
-    oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
-    ox = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
-    flip = torch.rand(n, 1, generator=g) < 0.5
+    draws = draws or n
+    oy = torch.randint(0, 2 * pad + 1, (draws, 1), generator=g)[keep]
+    ox = torch.randint(0, 2 * pad + 1, (draws, 1), generator=g)[keep]
+    flip = (torch.rand(draws, 1, generator=g) < 0.5)[keep]
     rows = oy + torch.arange(h)
     cols = ox + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))
     return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def _cutout_mask(n: int, size: int, g: torch.Generator, hw: int = 32) -> torch.Tensor:
-    """(n,1,hw,hw) float mask, 0 inside a size x size square centred anywhere (clipped at borders)."""
-    cy = torch.randint(0, hw, (n, 1), generator=g)
-    cx = torch.randint(0, hw, (n, 1), generator=g)
+def _cutout_mask(n: int, size: int, g: torch.Generator, hw: int = 32, keep: slice = slice(None)) -> torch.Tensor:
+    """(n,1,hw,hw) float mask, 0 inside a size x size square centred anywhere (clipped at borders);
+    drawn for n samples, returned for those `keep` selects."""
+    cy = torch.randint(0, hw, (n, 1), generator=g)[keep]
+    cx = torch.randint(0, hw, (n, 1), generator=g)[keep]
     r = torch.arange(hw)
     in_y = (r >= cy - size // 2) & (r < cy - size // 2 + size)  # (n, hw)
     in_x = (r >= cx - size // 2) & (r < cx - size // 2 + size)

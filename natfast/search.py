@@ -3,6 +3,10 @@ architectures, then the policy theta by REINFORCE on the reward acc(alpha) - acc
 
 Every random choice of step k comes from generators seeded by (seed, k), so a run stopped after
 step k and resumed from its checkpoint takes exactly the same step k + 1.
+
+Under torchrun the search is data-parallel (natfast/distributed.py): every process trains the same
+architecture on its shard of each w batch, gradients averaged; in the policy step each process
+scores its own m x n pairs on the whole theta batch, the policy gradient and the rewards averaged.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import executor
+from . import distributed, executor, faults
 from .config import SearchConfig, describe, to_dict
 from .data import BatchLoader, load_cifar10, split_indices, ArrayDataset
 from .genotype import Family, Genotype, get_family
@@ -71,9 +75,12 @@ def search_data(cfg) -> ArrayDataset:
     return ds
 
 
-def search_loaders(cfg, ds: ArrayDataset) -> tuple:
+def search_loaders(cfg, ds: ArrayDataset, shard: tuple = (0, 1)) -> tuple:
+    """The w loader (its batches sharded over the processes: `shard` = (rank, world)) and the
+    theta loader (whole batches: every process scores its pairs on the same images)."""
     w_idx, theta_idx = split_indices(len(ds), cfg.w_fraction, cfg.seed)
-    w_loader = BatchLoader(ds, w_idx, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed)
+    w_loader = BatchLoader(ds, w_idx, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                           shard=shard)
     theta_loader = BatchLoader(ds, theta_idx, cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed + 1)
     if len(w_loader) == 0 or len(theta_loader) == 0:
         raise ValueError(f"{len(ds)} training images are too few for batch size {cfg.batch_size} "
@@ -122,15 +129,19 @@ class Searcher:
         self.cfg, self.log = cfg, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
+        # Under torchrun: this process's rank, and its own GPU (natfast/distributed.py).
+        self.ranks, self.device = distributed.join(pick_device(cfg.device), cfg.dist_timeout)
+        self.ranks.check_batch(cfg.batch_size)
+        if not self.ranks.is_main:
+            self.log = lambda _: None
         self.family, self.supernet, self.policy = build_models(cfg, self.device)
         self.dataset = search_data(cfg)
-        self.w_loader, self.theta_loader = search_loaders(cfg, self.dataset)
+        self.w_loader, self.theta_loader = search_loaders(cfg, self.dataset, self.ranks.shard)
         # Listed once: walking the supernet's ~2500 modules for them costs milliseconds a step.
         self.w_params = list(self.supernet.parameters())
         self.w_optimizer = torch.optim.SGD(self.w_params, cfg.w_lr, momentum=cfg.w_momentum,
                                            weight_decay=cfg.w_weight_decay)
-        params = list(self.policy.parameters())
+        params = self.policy_params = list(self.policy.parameters())
         self.policy_optimizer = (torch.optim.Adam(params, cfg.policy_lr, betas=tuple(cfg.policy_betas),
                                                   weight_decay=cfg.policy_weight_decay) if params else None)
         self.baseline = 0.0
@@ -141,14 +152,22 @@ class Searcher:
         beta = sample_genotype(self.family, gen)
         if not self.supernet.training:  # train() walks every module: only when it changes
             self.supernet.train()
-        logits = executor.forward(self.supernet, x, beta) if self.cfg.executor else self.supernet(x, beta)
+        logits = self.w_logits(x, beta)
         loss = F.cross_entropy(logits, y)
         self.w_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # With several processes: one flat all-reduce of the gradients the path made (every process
+        # trained the same beta, so the same parameters have one), and the loss and accuracy.
+        loss_value, acc = self.ranks.average_gradients(
+            self.w_params, [loss.detach(), (logits.argmax(1) == y).float().mean()])
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.w_params, self.cfg.grad_clip)
         self.w_optimizer.step()
-        return {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return {"loss": loss_value, "acc": acc}
+
+    def w_logits(self, x: torch.Tensor, beta: Genotype) -> torch.Tensor:
+        """The sampled path's logits (BN statistics over this process's samples)."""
+        return executor.forward(self.supernet, x, beta) if self.cfg.executor else self.supernet(x, beta)
 
     def draw_transformations(self, gen: torch.Generator) -> tuple:
         """The policy step's draws: m = num_inputs input architectures, and n = num_samples
@@ -161,7 +180,9 @@ class Searcher:
         alphas = [[self.policy.to_genotype(b, s.targets[2 * i: 2 * i + 2]) for i, b in enumerate(betas)] for s in samples]
         return betas, samples, alphas
 
-    def update_theta(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+    def policy_loss(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple:
+        """The REINFORCE loss of this process's m x n pairs, and their mean reward, loss, entropy,
+        beta and alpha accuracies (tensors)."""
         cfg = self.cfg
         betas, samples, alphas = self.draw_transformations(gen)
         accs = score_batch(self.supernet, x, y, betas + [a for row in alphas for a in row])
@@ -172,15 +193,23 @@ class Searcher:
         entropy = torch.stack([s.entropy.view(-1, 2).sum(1) for s in samples])
         advantage = reward - self.baseline
         loss = -(log_prob * advantage).mean() - cfg.entropy_weight * entropy.mean()
+        return loss, [reward.mean(), loss.detach(), entropy.mean(), beta_acc.mean(), alpha_acc.mean()]
+
+    def update_theta(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+        cfg = self.cfg
+        loss, stats = self.policy_loss(x, y, gen)
         if self.policy_optimizer is not None:
             self.policy_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        # With several processes (each with its own pairs): the policy gradient and the statistics,
+        # the reward that moves the shared baseline included, averaged over all processes' pairs.
+        mean_reward, loss_value, entropy, beta_acc, alpha_acc = self.ranks.average_gradients(
+            self.policy_params, stats)
+        if self.policy_optimizer is not None:
             self.policy_optimizer.step()
-        mean_reward = reward.mean().item()
         self.baseline = cfg.baseline_decay * self.baseline + (1 - cfg.baseline_decay) * mean_reward
-        return {"loss": loss.item(), "reward": mean_reward, "baseline": self.baseline,
-                "entropy": entropy.mean().item(), "beta_acc": beta_acc.mean().item(),
-                "alpha_acc": alpha_acc.mean().item()}
+        return {"loss": loss_value, "reward": mean_reward, "baseline": self.baseline,
+                "entropy": entropy, "beta_acc": beta_acc, "alpha_acc": alpha_acc}
 
     # ------------------------------------------------------------------ the loop
     def w_lr(self, epoch: int) -> float:
@@ -191,20 +220,29 @@ class Searcher:
         return self.cfg.epochs * (len(self.w_loader) + len(self.theta_loader))
 
     def run(self) -> Dict[str, float]:
-        cfg = self.cfg
-        path, state = ckpt.start_run(cfg.out, cfg.resume, cfg.overwrite)
+        cfg, main = self.cfg, self.ranks.is_main
+        # Rank 0 reads the checkpoint and hands it to the others (only it needs the file).
+        path, state = self.ranks.from_main(lambda: ckpt.start_run(cfg.out, cfg.resume, cfg.overwrite))
         resuming = state is not None
         if resuming:
             self.load_state_dict(state)
             self.log(f"resumed from {path} at step {self.position.step}")
+        else:
+            self.ranks.broadcast_parameters([self.supernet, self.policy])
         self.log(describe(cfg))
         self.log(f"data: {self.dataset.source}; w batches/epoch {len(self.w_loader)}, "
                  f"theta batches/epoch {len(self.theta_loader)}; device {self.device}")
-        with open(os.path.join(cfg.out, "config.json"), "w") as fh:
-            json.dump(to_dict(cfg), fh, indent=2)
+        if self.ranks.distributed:
+            self.log(f"data-parallel over {self.ranks.world} processes: each w step "
+                     f"{cfg.batch_size // self.ranks.world} images per process, each policy step "
+                     f"{cfg.num_inputs} x {cfg.num_samples} pairs per process")
+        if main:
+            with open(os.path.join(cfg.out, "config.json"), "w") as fh:
+                json.dump(to_dict(cfg), fh, indent=2)
         # A fresh start's records replace any earlier run's; a resumed run's follow its own.
-        metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resuming else "w")
-        bar = Progress(self.total_steps(), cfg.progress)
+        metrics_file = open(os.path.join(cfg.out, "metrics.jsonl") if main else os.devnull,
+                            "a" if resuming else "w")
+        bar = Progress(self.total_steps(), cfg.progress and main)
         last: Dict[str, float] = {}
         try:
             while self.position.epoch < cfg.epochs:
@@ -213,10 +251,13 @@ class Searcher:
                 last = self._run_phase(metrics_file, bar) or last
                 if self.position.phase == "w" and self.position.batch == 0:  # an epoch just ended
                     self.save(path)
+        except distributed.RankFailure as exc:
+            raise distributed.RankFailure(f"step {self.position.step}: {exc}") from None
         finally:
             metrics_file.close()
             bar.close()
         self.save(path)
+        self.ranks.barrier()   # every process returns once the checkpoint is written
         return last
 
     def _run_phase(self, metrics_file, bar) -> Dict[str, float]:
@@ -229,8 +270,11 @@ class Searcher:
         summary = PhaseSummary(pos.epoch, pos.phase)
         for x, y in loader.epoch(pos.epoch, pos.batch):
             start = time.perf_counter()
-            gen = step_generator(cfg.seed, pos.step, 0)
+            # One architecture per w step for all processes; each process its own policy-step pairs.
+            gen = step_generator(cfg.seed, pos.step, self.ranks.rank if pos.phase == "theta" else 0)
             record = update(x.to(self.device), y.to(self.device), gen)
+            faults.check_finite(record, f"step {pos.step} (epoch {pos.epoch}, update_{pos.phase})",
+                                os.path.join(cfg.out, "checkpoint.pt"))
             record.update(step=pos.step, epoch=pos.epoch, phase=pos.phase, batch=pos.batch,
                           seconds=round(time.perf_counter() - start, 4))
             metrics_file.write(json.dumps(record) + "\n")
@@ -289,7 +333,10 @@ class Searcher:
         self.position = Position(**state["position"])
 
     def save(self, path: str) -> None:
-        ckpt.save(self.state_dict(), path)
+        # Every process holds the same parameters: all of them stop here if they are not finite.
+        faults.check_parameters([self.supernet, self.policy], f"after step {self.position.step - 1}", path)
+        if self.ranks.is_main:
+            ckpt.save(self.state_dict(), path)
 
 
 def score_batch(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, archs: List[Genotype]) -> List[float]:
