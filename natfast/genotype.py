@@ -31,8 +31,15 @@ NATPP_PRIMITIVES = (
     "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "conv_1x1", "conv_3x3",
     "conv_5x5", "null",
 )
+# The other ops of the NAT authors' operations.py, used by their published NAONet and its
+# transformations: standalone (evaluation) networks build them, no supernet has them.
+EVALUATION_PRIMITIVES = (
+    "max_pool_2x2", "avg_pool_2x2", "sep_conv_1x1", "sep_conv_7x7", "dil_conv_1x1",
+    "conv_1x3_3x1", "conv_1x7_7x1", "conv_7x1_1x7",
+)
 # Every op natfast implements; "unknown op" means outside this set, "not in the family" inside it.
-KNOWN_OPS = frozenset(DARTS_PRIMITIVES + ENAS_PRIMITIVES + NATPP_PRIMITIVES)
+ALL_PRIMITIVES = NATPP_PRIMITIVES[:-1] + EVALUATION_PRIMITIVES + ("null",)
+KNOWN_OPS = frozenset(DARTS_PRIMITIVES + ENAS_PRIMITIVES + ALL_PRIMITIVES)
 
 CELLS = ("normal", "reduce")
 Edge = Tuple[str, int, int]
@@ -49,6 +56,7 @@ class Family:
     primitives: Tuple[str, ...]
     loose_end: bool      # True: output = concat of unused intermediate nodes (ENAS)
     num_nodes: int       # B, intermediate nodes per cell
+    searchable: bool = True   # False: ops without supernet kernels; standalone networks only
 
     def with_primitives(self, primitives: Sequence[str], name: Optional[str] = None) -> "Family":
         """The same topology over another op set; NAT++ uses it with NATPP_PRIMITIVES, so the
@@ -65,18 +73,32 @@ FAMILIES = {
     "darts": Family("darts", DARTS_PRIMITIVES, loose_end=False, num_nodes=4),
     "enas": Family("enas", ENAS_PRIMITIVES, loose_end=True, num_nodes=5),
 }
+EVALUATION_SUFFIX = "-eval"
+
+
+def evaluation_family(family: Family) -> Family:
+    """`family`'s topology over every op natfast builds (the authors' NAONet needs 2x2 pools and
+    1x3/3x1 convolutions): named `<name>-eval`, for standalone networks only (not searchable)."""
+    return replace(family.with_primitives(ALL_PRIMITIVES, family.name + EVALUATION_SUFFIX), searchable=False)
 
 
 def get_family(name: str, natpp: bool = False) -> Family:
     """The family called `name` ("darts", "enas"; a "++" suffix means natpp=True), with the
-    13-op NAT++ primitive set when `natpp`."""
+    13-op NAT++ primitive set when `natpp`; "darts-eval" / "enas-eval" hold every op (standalone
+    networks only)."""
     key = str(name).strip().lower()
-    if key.endswith("++"):
+    evaluation = key.endswith(EVALUATION_SUFFIX)
+    if evaluation:
+        key = key[:-len(EVALUATION_SUFFIX)]
+    elif key.endswith("++"):
         key, natpp = key[:-2], True
     if key not in FAMILIES:
         raise GenotypeError(f"unknown family {name!r}; known families: {', '.join(FAMILIES)} "
-                            f"(append '++' for the NAT++ op set, e.g. 'darts++')")
+                            f"(append '++' for the NAT++ op set, e.g. 'darts++', or '-eval' for every op, "
+                            f"standalone networks only)")
     family = FAMILIES[key]
+    if evaluation:
+        return evaluation_family(family)
     return family.with_primitives(NATPP_PRIMITIVES) if natpp else family
 
 
@@ -233,15 +255,17 @@ def validate(genotype: Any, family: Family) -> Genotype:
 
 
 def infer_family(genotype: Any) -> Family:
-    """The family whose node count and ops fit: darts or enas, else their NAT++ variants. Op sets
-    overlap (pools, skip, sep convs, conv_3x3, null), so the node count decides: 4 darts, 5 enas."""
+    """The family whose node count and ops fit: darts or enas, else their NAT++ variants, else their
+    -eval variants (every op). Op sets overlap (pools, skip, sep convs, conv_3x3, null), so the node
+    count decides: 4 darts, 5 enas."""
     g = normalize(genotype)
     b = num_nodes(g.normal)
     if num_nodes(g.reduce) != b:
         raise GenotypeError(f"the normal cell has {b} intermediate nodes but the reduce cell has "
                             f"{num_nodes(g.reduce)}; both cells need the same number")
     ops = {op for op, _, _ in g.normal + g.reduce}
-    candidates = list(FAMILIES.values()) + [f.with_primitives(NATPP_PRIMITIVES) for f in FAMILIES.values()]
+    candidates = (list(FAMILIES.values()) + [f.with_primitives(NATPP_PRIMITIVES) for f in FAMILIES.values()]
+                  + [evaluation_family(f) for f in FAMILIES.values()])
     for family in candidates:
         if family.num_nodes == b and ops <= set(family.primitives):
             return family
@@ -362,107 +386,26 @@ def from_json(text: str) -> Genotype:
     return _from_mapping(_load_json(text))[0]
 
 
+
+
 # ----------------------------------------------------------------------------- named architectures
-# DARTS (V2), NAT_DARTS, ENAS, NAT_ENAS, ResBlock, NAT_ResBlock, VGG, NAT_VGG are transcribed
-# from the NAT authors' genotypes.py (github.com/guoyongcs/NAT); DARTS also equals DARTS_V2 of
-# quark0/darts and the spec, NAT_DARTS is the spec's published result.
-DARTS = Genotype(
-    normal=[("sep_conv_3x3", 0, 2), ("sep_conv_3x3", 1, 2), ("sep_conv_3x3", 0, 3), ("sep_conv_3x3", 1, 3),
-            ("sep_conv_3x3", 1, 4), ("skip_connect", 0, 4), ("skip_connect", 0, 5), ("dil_conv_3x3", 2, 5)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0, 2), ("max_pool_3x3", 1, 2), ("skip_connect", 2, 3), ("max_pool_3x3", 1, 3),
-            ("max_pool_3x3", 0, 4), ("skip_connect", 2, 4), ("skip_connect", 2, 5), ("max_pool_3x3", 1, 5)],
-    reduce_concat=[2, 3, 4, 5])
+def __getattr__(name: str):
+    """NAMED lives in natfast.zoo (imported on first use: the zoo builds on this module)."""
+    if name == "NAMED":
+        from .zoo import NAMED
+        return NAMED
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-NAT_DARTS = Genotype(
-    normal=[("sep_conv_3x3", 0, 2), ("sep_conv_3x3", 1, 2), ("skip_connect", 0, 3), ("sep_conv_3x3", 1, 3),
-            ("skip_connect", 1, 4), ("skip_connect", 0, 4), ("skip_connect", 0, 5), ("dil_conv_3x3", 2, 5)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0, 2), ("skip_connect", 1, 2), ("skip_connect", 2, 3), ("skip_connect", 1, 3),
-            ("max_pool_3x3", 0, 4), ("null", 2, 4), ("skip_connect", 2, 5), ("max_pool_3x3", 1, 5)],
-    reduce_concat=[2, 3, 4, 5])
 
-# The ENAS paper's CIFAR-10 cell as the NAT code writes it (loose-end; node 2 repeats (1, 2) with two
-# ops). Some third-party transcriptions have avg_pool_3x3 from node 0 into node 5; the NAT authors
-# (and their NAT_ENAS) use node 1, which we keep.
-ENAS = Genotype(
-    normal=[("sep_conv_3x3", 1, 2), ("skip_connect", 1, 2), ("skip_connect", 0, 3), ("sep_conv_5x5", 1, 3),
-            ("avg_pool_3x3", 0, 4), ("sep_conv_3x3", 1, 4), ("sep_conv_3x3", 0, 5), ("avg_pool_3x3", 1, 5),
-            ("avg_pool_3x3", 0, 6), ("sep_conv_5x5", 1, 6)],
-    normal_concat=[2, 3, 4, 5, 6],
-    reduce=[("sep_conv_5x5", 0, 2), ("avg_pool_3x3", 1, 2), ("sep_conv_3x3", 1, 3), ("avg_pool_3x3", 1, 3),
-            ("avg_pool_3x3", 1, 4), ("sep_conv_3x3", 1, 4), ("avg_pool_3x3", 1, 5), ("sep_conv_5x5", 4, 5),
-            ("sep_conv_5x5", 0, 6), ("sep_conv_3x3", 5, 6)],
-    reduce_concat=[2, 3, 6])
-
-NAT_ENAS = Genotype(
-    normal=[("sep_conv_3x3", 1, 2), ("skip_connect", 1, 2), ("skip_connect", 0, 3), ("sep_conv_5x5", 1, 3),
-            ("null", 0, 4), ("sep_conv_3x3", 1, 4), ("sep_conv_3x3", 0, 5), ("avg_pool_3x3", 1, 5),
-            ("avg_pool_3x3", 0, 6), ("sep_conv_5x5", 1, 6)],
-    normal_concat=[2, 3, 4, 5, 6],
-    reduce=[("sep_conv_5x5", 0, 2), ("avg_pool_3x3", 1, 2), ("sep_conv_3x3", 1, 3), ("avg_pool_3x3", 1, 3),
-            ("avg_pool_3x3", 1, 4), ("sep_conv_3x3", 1, 4), ("null", 1, 5), ("sep_conv_5x5", 4, 5),
-            ("sep_conv_5x5", 0, 6), ("sep_conv_3x3", 5, 6)],
-    reduce_concat=[2, 3, 6])
-
-# Hand-crafted blocks as 4-node fully-concat cells, the NAT authors' encoding. Node 2 passes the
-# previous cell's output through (skip from input 1); a node's second input, absent in the original
-# block, is a null edge from input 0; the output is node 5 alone (concat [5]).
-#   ResBlock: 3 = conv(2), 4 = conv(3), 5 = skip(2) + skip(4): a basic residual block.
-#   VGG:      3 = conv(2), 4 = conv(3), 5 = skip(4) (normal) or max_pool(4) (reduce): two plain convs.
-# Normal and reduce cells are the same block (VGG's reduce ends in its pooling layer).
-_RESBLOCK_CELL = [("null", 0, 2), ("skip_connect", 1, 2), ("null", 0, 3), ("conv_3x3", 2, 3),
-                  ("null", 0, 4), ("conv_3x3", 3, 4), ("skip_connect", 2, 5), ("skip_connect", 4, 5)]
-_NAT_RESBLOCK_CELL = [("null", 0, 2), ("skip_connect", 1, 2), ("skip_connect", 0, 3), ("conv_3x3", 2, 3),
-                      ("skip_connect", 0, 4), ("conv_3x3", 3, 4), ("skip_connect", 2, 5), ("skip_connect", 4, 5)]
-_VGG_HEAD = [("null", 0, 2), ("skip_connect", 1, 2), ("null", 0, 3), ("conv_3x3", 2, 3),
-             ("null", 0, 4), ("conv_3x3", 3, 4), ("null", 0, 5)]
-_NAT_VGG_CELL = [("skip_connect", 0, 2), ("skip_connect", 1, 2), ("null", 0, 3), ("conv_3x3", 2, 3),
-                 ("null", 0, 4), ("conv_3x3", 3, 4), ("skip_connect", 0, 5), ("skip_connect", 4, 5)]
-
-ResBlock = Genotype(normal=_RESBLOCK_CELL, normal_concat=[5], reduce=_RESBLOCK_CELL, reduce_concat=[5])
-NAT_ResBlock = Genotype(normal=_NAT_RESBLOCK_CELL, normal_concat=[5],
-                        reduce=_NAT_RESBLOCK_CELL, reduce_concat=[5])
-VGG = Genotype(normal=_VGG_HEAD + [("skip_connect", 4, 5)], normal_concat=[5],
-               reduce=_VGG_HEAD + [("max_pool_3x3", 4, 5)], reduce_concat=[5])
-NAT_VGG = Genotype(normal=_NAT_VGG_CELL, normal_concat=[5], reduce=_NAT_VGG_CELL, reduce_concat=[5])
-
-# NAONet: the weight-sharing NAO cell ("NAONet-B", NAO-WS), decoded from the fixed_arc of
-# renqianluo/NAO_pytorch NAO_V1/train_NAONet_B_36_cifar10.sh. Its ops are ENAS's (0 sep_conv_3x3,
-# 1 sep_conv_5x5, 2 avg_pool_3x3, 3 max_pool_3x3, 4 identity) and NAO concatenates loose ends, so it
-# is a 5-node enas cell exactly. NAONet-A (the non-shared NAO cell) is not shipped: it uses 1x3/3x1
-# and 1x7/7x1 convs and 2x2/5x5 pools, which no family here has. The NAT repository publishes no
-# transformed NAONet.
-NAONet = Genotype(
-    normal=[("sep_conv_5x5", 0, 2), ("avg_pool_3x3", 0, 2), ("sep_conv_5x5", 0, 3), ("avg_pool_3x3", 2, 3),
-            ("max_pool_3x3", 1, 4), ("avg_pool_3x3", 0, 4), ("sep_conv_3x3", 4, 5), ("max_pool_3x3", 1, 5),
-            ("sep_conv_5x5", 2, 6), ("max_pool_3x3", 0, 6)],
-    normal_concat=[3, 5, 6],
-    reduce=[("sep_conv_5x5", 1, 2), ("sep_conv_3x3", 1, 2), ("sep_conv_5x5", 2, 3), ("skip_connect", 2, 3),
-            ("sep_conv_3x3", 1, 4), ("max_pool_3x3", 2, 4), ("sep_conv_5x5", 3, 5), ("avg_pool_3x3", 2, 5),
-            ("avg_pool_3x3", 0, 6), ("avg_pool_3x3", 0, 6)],
-    reduce_concat=[4, 5, 6])
-
-# MobileNetV2 is not shipped: its inverted residual (1x1 expansion by 6, a lone depthwise 3x3, a
-# linear 1x1 projection) changes the channel count inside the block and uses ops none of the
-# families has (sep_conv is two ReLU-depthwise-pointwise-BN stages, conv_k is dense), so any cell
-# form would be a different network, not MobileNetV2.
-
-NAMED: Dict[str, Tuple[Genotype, str]] = {
-    name: (normalize(g), family) for name, g, family in (
-        ("DARTS", DARTS, "darts"), ("NAT_DARTS", NAT_DARTS, "darts"),
-        ("ENAS", ENAS, "enas"), ("NAT_ENAS", NAT_ENAS, "enas"),
-        ("ResBlock", ResBlock, "darts"), ("NAT_ResBlock", NAT_ResBlock, "darts"),
-        ("VGG", VGG, "darts"), ("NAT_VGG", NAT_VGG, "darts"),
-        ("NAONet", NAONet, "enas"),
-    )
-}
-_NAMED_KEYS = {name.lower(): name for name in NAMED}
+def _named_keys() -> Dict[str, str]:
+    from .zoo import NAMED
+    return {name.lower(): name for name in NAMED}
 
 
 def get_named(name: str) -> Tuple[Genotype, Family]:
-    """A named architecture (case-insensitive) and its family."""
-    key = _NAMED_KEYS.get(str(name).strip().lower())
+    """A named architecture (case-insensitive; natfast.zoo lists them) and its family."""
+    from .zoo import NAMED
+    key = _named_keys().get(str(name).strip().lower())
     if key is None:
         raise GenotypeError(f"unknown architecture {name!r}; named architectures: {', '.join(NAMED)}")
     genotype, family = NAMED[key]
@@ -472,14 +415,14 @@ def get_named(name: str) -> Tuple[Genotype, Family]:
 def load_arch(spec: str) -> Tuple[Genotype, Family]:
     """A validated architecture and its family from a name in NAMED, a file holding Genotype(...)
     or JSON (a JSON "family" key picks the family, else it is inferred), or that text itself."""
-    if str(spec).strip().lower() in _NAMED_KEYS:
+    if str(spec).strip().lower() in _named_keys():
         return get_named(spec)
     text = str(spec).strip()
     source = "inline genotype"
     if not text.startswith(("{", "Genotype(")):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise GenotypeError(f"{spec!r} is neither a named architecture ({', '.join(NAMED)}) "
+            raise GenotypeError(f"{spec!r} is neither a named architecture ({', '.join(_named_keys().values())}) "
                                 f"nor an existing file")
         source = str(path)
         try:

@@ -66,6 +66,43 @@ class Cell(nn.Module):
         return torch.cat([states[s] for s in self.outputs], dim=1)
 
 
+class ImageNetStem(nn.Module):
+    """DARTS' ImageNet stem (NetworkImageNet): three stride-2 3x3 convolutions, 224 -> 28. Returns
+    the inputs of the first cell: after the second convolution (s0) and after the third (s1)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, c // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """The auxiliary classifier of DARTS' (and the NAT authors') NetworkImageNet, on the 7x7 map
+    after the second reduction (224 input): no BN after its 2x2 convolution (as DARTS trained it)."""
+
+    def __init__(self, c: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            nn.Conv2d(c, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[2:]) < 7:
+            raise ValueError(f"the ImageNet auxiliary head needs a feature map of at least 7x7 after the second "
+                             f"reduction (images of 224 pixels or more), got {x.shape[2]}x{x.shape[3]}; train "
+                             f"without it (--auxiliary-weight 0) or with larger images")
+        return self.classifier(self.features(x).flatten(1))
+
+
 class AuxiliaryHead(nn.Module):
     """DARTS' auxiliary classifier on the 8x8 feature map."""
 
@@ -81,18 +118,31 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+STEMS = ("cifar", "imagenet")
+
+
 class Network(nn.Module):
+    """DARTS' evaluation network: NetworkCIFAR (`stem="cifar"`: one 3x3 convolution, stride 1) or
+    NetworkImageNet (`stem="imagenet"`: three stride-2 convolutions, the first cell reducing its
+    first input as after a reduction)."""
+
     def __init__(self, genotype: Genotype, family: Family, channels: int = 36, layers: int = 20,
                  num_classes: int = 10, auxiliary: bool = False, drop_path_prob: float = 0.0,
                  affine: bool = True, pool_bn: bool = False, track_running_stats: bool = True,
-                 stem_multiplier: int = 3):
+                 stem_multiplier: int = 3, stem: str = "cifar"):
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         self.genotype, self.family = genotype, family
         self.drop_path_prob = drop_path_prob
-        c_stem = stem_multiplier * channels
-        self.stem = Stem(c_stem, affine, track_running_stats)
+        if stem == "imagenet":
+            self.stem = ImageNetStem(channels)
+            c_pp, c_p, c, reduction_prev = channels, channels, channels, True
+        else:
+            c_stem = stem_multiplier * channels
+            self.stem = Stem(c_stem, affine, track_running_stats)
+            c_pp, c_p, c, reduction_prev = c_stem, c_stem, channels, False
         self.cells = nn.ModuleList()
-        c_pp, c_p, c, reduction_prev = c_stem, c_stem, channels, False
         reductions = reduction_layers(layers)
         self.aux_after = 2 * layers // 3
         self.aux_head = None
@@ -105,12 +155,12 @@ class Network(nn.Module):
             self.cells.append(cell)
             c_pp, c_p, reduction_prev = c_p, cell.out_channels, reduction
             if auxiliary and i == self.aux_after:
-                self.aux_head = AuxiliaryHead(c_p, num_classes)
+                self.aux_head = (AuxiliaryHeadImageNet if stem == "imagenet" else AuxiliaryHead)(c_p, num_classes)
         self.classifier = nn.Linear(c_p, num_classes)
 
     def forward_with_aux(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         check_images(x, self.classifier.weight)
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x) if isinstance(self.stem, ImageNetStem) else (self.stem(x),) * 2
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)

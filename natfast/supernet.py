@@ -62,6 +62,9 @@ class Supernet(nn.Module):
     def __init__(self, family: Family, channels: int = 20, layers: int = 8, num_classes: int = 10,
                  stem_multiplier: int = 3):
         super().__init__()
+        if not family.searchable:
+            raise ValueError(f"family {family.name} is for standalone networks only: no supernet kernel has "
+                             f"all its ops")
         self.family, self.channels, self.layers = family, channels, layers
         self.primitives = tuple(family.primitives)
         b = family.num_nodes

@@ -122,7 +122,7 @@ def test_dispatch_picks_cuda_for_supported_calls(monkeypatch):
     assert dispatch.resolve("relu_dwconv", "cuda", x, w, 1, 1)[0] == "cuda"
 
 
-@pytest.mark.parametrize("name", ["DARTS", "ENAS", "NAT_DARTS", "NAONet"])
+@pytest.mark.parametrize("name", ["DARTS", "ENAS", "NAT_DARTS", "NAONet_B"])
 def test_executor_on_cuda_matches_supernet(name):
     genotype, family_name = NAMED[name]
     torch.manual_seed(0)

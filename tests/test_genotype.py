@@ -68,7 +68,7 @@ def test_nat_darts_is_darts_with_the_published_replacements():
     }
 
 
-def test_naonet_matches_the_nao_arch_string():
+def test_naonet_b_matches_the_nao_arch_string():
     # NAO_V1 train_NAONet_B_36_cifar10.sh: per node (x, x_op, y, y_op); normal then reduce.
     arc = [int(x) for x in "0 1 0 2 0 1 2 2 1 3 0 2 4 0 1 3 2 1 0 3 1 1 1 0 2 1 2 4 1 0 2 3 3 1 2 2 0 2 0 2".split()]
     ops = ["sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3", "skip_connect"]
@@ -76,7 +76,7 @@ def test_naonet_matches_the_nao_arch_string():
     for half in (arc[:20], arc[20:]):
         cells.append(tuple(e for i in range(5) for e in ((ops[half[4 * i + 1]], half[4 * i], i + 2),
                                                        (ops[half[4 * i + 3]], half[4 * i + 2], i + 2))))
-    naonet = NAMED["NAONet"][0]
+    naonet = NAMED["NAONet_B"][0]
     assert (naonet.normal, naonet.reduce) == tuple(cells)
 
 
@@ -155,11 +155,11 @@ def replace_edge(g, cell, index, edge):
 
 
 def test_unknown_op():
-    g = replace_edge(DARTS, "normal", 0, ("sep_conv_7x7", 0, 2))
+    g = replace_edge(DARTS, "normal", 0, ("sep_conv_9x9", 0, 2))
     with pytest.raises(GenotypeError) as exc:
         validate(g, DARTS_FAM)
     msg = str(exc.value)
-    assert "normal cell" in msg and "unknown op 'sep_conv_7x7'" in msg and "('sep_conv_7x7', 0, 2)" in msg
+    assert "normal cell" in msg and "unknown op 'sep_conv_9x9'" in msg and "('sep_conv_9x9', 0, 2)" in msg
     assert "did you mean" in msg and all(op in msg for op in DARTS_PRIMITIVES)
 
 

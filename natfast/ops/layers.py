@@ -181,23 +181,72 @@ class Identity(nn.Module):
         return x
 
 
+class FactorizedConv(nn.Module):
+    """ReLU, a 1 x k then a k x 1 convolution (the stride split between them: (1, s) then (s, 1)),
+    BN: NAO's conv_1x3_3x1 and conv_1x7_7x1, as the NAT authors' operations.py builds them."""
+
+    def __init__(self, channels: int, kernel: int, stride: int, affine: bool, track: bool = True):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.row = _init_conv((channels, channels, 1, kernel))
+        self.column = _init_conv((channels, channels, kernel, 1))
+        self.norm = Norm(channels, affine, track)
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        k, s = self.kernel, self.stride
+        y = F.conv2d(F.relu(x), self.row, None, (1, s), (0, k // 2))
+        return self.norm(F.conv2d(y, self.column, None, (s, 1), (k // 2, 0)), groups)
+
+
+class UnpaddedPool(nn.Module):
+    """2x2 max or average pooling without padding (NAO's): it fits only stride-2 edges on even
+    feature maps, where it halves them as every other op of a reduction does."""
+
+    def __init__(self, kind: str, kernel: int, stride: int):
+        super().__init__()
+        if stride != 2 or kernel != 2:
+            raise ValueError(f"{kind}_pool_{kernel}x{kernel} has no padding: it fits only stride-2 edges (a reduction "
+                             f"cell's edges from its inputs), where it halves the feature map; with stride {stride} it "
+                             f"would change the map's size")
+        self.kind, self.kernel, self.stride = kind, kernel, stride
+
+    def forward(self, x: torch.Tensor, groups: Groups = None) -> torch.Tensor:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"{self.kind}_pool_2x2 needs even feature maps to halve them, got "
+                             f"{x.shape[2]}x{x.shape[3]} (choose an image size that stays even)")
+        if self.kind == "max":
+            return F.max_pool2d(x, 2, 2)
+        return F.avg_pool2d(x, 2, 2)
+
+
+# The supernet's candidates (natfast/cell_plan.py catalogues how each runs).
 OPERATIONS = (
     "max_pool_3x3", "max_pool_5x5", "avg_pool_3x3", "avg_pool_5x5", "skip_connect",
     "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
     "conv_1x1", "conv_3x3", "conv_5x5", "null",
 )
+# The other ops of the NAT authors' operations.py, which their published architectures (NAONet and
+# its transformations) use: standalone networks only (cell_plan's catalogue, the supernet engine
+# and the compiled executor do not know them).
+# Their conv_7x1_1x7 is built exactly as their conv_1x7_7x1 (1 x 7 first), and so is it here.
+EVALUATION_OPERATIONS = (
+    "max_pool_2x2", "avg_pool_2x2", "sep_conv_1x1", "sep_conv_7x7", "dil_conv_1x1",
+    "conv_1x3_3x1", "conv_1x7_7x1", "conv_7x1_1x7",
+)
 
 
 def make_op(name: str, channels: int, stride: int, affine: bool, pool_bn: bool, track: bool = True) -> nn.Module:
     """Build candidate `name` (channels in = out). `null` has no module: it is never executed."""
-    if name not in OPERATIONS or name == "null":
-        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS[:-1])}")
+    if name not in OPERATIONS + EVALUATION_OPERATIONS or name == "null":
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPERATIONS[:-1] + EVALUATION_OPERATIONS)}")
     c = channels
     if name == "skip_connect":
         return Identity() if stride == 1 else FactorizedReduce(c, c, affine, track)
+    if name in ("conv_1x3_3x1", "conv_1x7_7x1", "conv_7x1_1x7"):
+        return FactorizedConv(c, 3 if name == "conv_1x3_3x1" else 7, stride, affine, track)
     if name.startswith(("max_pool_", "avg_pool_")):
         kind, k = name[:3], int(name[-1])
-        return Pool(kind, k, stride, c, pool_bn, affine, track)
+        return UnpaddedPool(kind, k, stride) if k == 2 else Pool(kind, k, stride, c, pool_bn, affine, track)
     if name.startswith("sep_conv_"):
         return SepConv(c, c, int(name[-1]), stride, affine, track)
     if name.startswith("dil_conv_"):
