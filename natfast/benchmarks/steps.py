@@ -33,7 +33,7 @@ def sequential_update_theta(s: Searcher, x, y, gen) -> None:
     for i, beta in enumerate(betas):
         acc_beta = (s.supernet(x, beta).argmax(1) == y).float().mean()
         for j, sample in enumerate(samples):
-            pair = s.policy.evaluate([beta.normal, beta.reduce], sample.targets[2 * i: 2 * i + 2])
+            pair = s.policy.evaluate([beta.normal, beta.reduce], sample.choices[2 * i: 2 * i + 2])
             reward = (s.supernet(x, alphas[j][i]).argmax(1) == y).float().mean() - acc_beta
             losses.append(-pair.log_prob.sum() * (reward.item() - s.baseline) - cfg.entropy_weight * pair.entropy.sum())
     loss = torch.stack(losses).mean()

@@ -45,3 +45,30 @@ def masked_sample(logits: torch.Tensor, mask: torch.Tensor, uniform: Optional[to
     if uniform is not None and uniform.shape != logits.shape[:-1]:
         raise ValueError(f"uniform has shape {tuple(uniform.shape)}, expected {tuple(logits.shape[:-1])}")
     return dispatch.call("masked_sample", logits, mask, uniform)
+
+
+def smoothed_sample(logits: torch.Tensor, mask: torch.Tensor, eps: float, uniform: Optional[torch.Tensor] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """masked_sample as the NAT authors' policy computes it: p = softmax over the allowed targets,
+    plus `eps` on each allowed target (not renormalised), log p and the entropy -sum p log p of
+    those, the action drawn from p / sum(p) (their torch.multinomial) or the argmax. Plain torch:
+    it runs only with eps > 0 (the --prob-epsilon option)."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be bool, got {mask.dtype}")
+    mask = mask.expand_as(logits)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logp_exact = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+    p = (logp_exact.masked_fill(~mask, float("-inf")).exp() + eps) * mask
+    logp = torch.log(p.masked_fill(~mask, 1.0))        # 0 where not allowed: no -inf in the sums
+    entropy = -(p * logp).sum(-1)
+    if uniform is None:
+        actions = p.argmax(-1)
+    else:
+        if uniform.shape != logits.shape[:-1]:
+            raise ValueError(f"uniform has shape {tuple(uniform.shape)}, expected {tuple(logits.shape[:-1])}")
+        q = p.detach()
+        cdf = q.cumsum(-1) / q.sum(-1, keepdim=True)
+        actions = (cdf <= uniform.unsqueeze(-1)).sum(-1)
+        positions = torch.arange(logits.shape[-1], device=logits.device)
+        actions = torch.minimum(actions, torch.where(mask, positions, -1).amax(-1))
+    return actions, logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy
