@@ -26,15 +26,15 @@ import torch
 from natfast.data import BatchLoader, load_cifar10
 from natfast.derive import load_search, score_architectures, transform_argmax
 from natfast.flops import count
-from natfast.genotype import NAMED, format_genotype
+from natfast.genotype import format_genotype
 from natfast.policy import make_policy
 from natfast.sampler import sample_genotype
+from natfast.snapshots import show_archs
 
 
-def named_inputs(family_name: str):
-    """The named input architectures of a family (a NAT++ family, "darts++", takes its base's)."""
-    base = family_name.rstrip("+")
-    return {name: g for name, (g, fam) in NAMED.items() if fam == base and not name.startswith("NAT_")}
+def named_inputs(family):
+    """The named input architectures that fit the searched family (those a search shows)."""
+    return dict(show_archs("", family))
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     loader = BatchLoader(test, indices, args.batch_size, shuffle=False, augment=False, drop_last=False)
     random_policy = make_policy("random", result.policy.primitives, result.policy.rule)
     gen = torch.Generator().manual_seed(args.seed)
-    inputs = named_inputs(result.family.name)
+    inputs = named_inputs(result.family)
     for i in range(args.random_inputs):
         inputs[f"random{i}"] = sample_genotype(result.family, gen)
 

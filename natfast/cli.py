@@ -8,8 +8,8 @@ import sys
 from typing import List, Optional
 
 from ._malloc import keep_freed_memory
-from .config import (PRESETS, TRAIN_PRESETS, DrawConfig, SearchConfig, TrainConfig, TransformConfig,
-                     add_arguments, from_arguments)
+from .config import (SEARCH_PRESETS, TRAIN_PRESETS, DrawConfig, SearchConfig, TrainConfig, TransformConfig,
+                     add_arguments, from_arguments, search_preset)
 
 
 class UserError(Exception):
@@ -42,8 +42,7 @@ def _report(command: str, exc: Exception) -> None:
 
 def cmd_search(args) -> int:
     from .search import search
-    base = dict(PRESETS[args.preset]) if args.preset else {}
-    cfg = from_arguments(SearchConfig, args, base)
+    cfg = from_arguments(SearchConfig, args, search_preset(args.preset, args.transitions))
     searcher = search(cfg)
     if searcher.ranks.is_main:
         print(f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}  (steps {searcher.position.step}, "
@@ -55,21 +54,23 @@ def cmd_transform(args) -> int:
     from . import derive
     from .flops import count
     from .genotype import format_genotype, load_arch, to_json
-    cfg = from_arguments(TransformConfig, args)
+    from .authors import TRANSFORM_PRESET
+    cfg = from_arguments(TransformConfig, args, dict(TRANSFORM_PRESET) if args.preset == "authors" else {})
     result = derive.load_search(cfg.checkpoint, cfg.device)
     beta, family = load_arch(cfg.arch)
     beta = derive.check_input(beta, result.family)
     if cfg.method == "argmax":
         alpha = derive.transform_argmax(result.policy, beta)
     elif cfg.method == "best-of-k":
-        loader = derive.validation_loader(result.config, cfg.data)
-        best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches)
+        loader = derive.scoring_loader(result.config, cfg.score_data, cfg.data)
+        best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches,
+                                          cfg.keep_input)
         alpha = best.best
         print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
               + " ".join(f"{s:.4f}" for s in best.scores))
     else:
         raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
-    cost_beta, cost_alpha = count(beta, family), count(alpha, family)
+    cost_beta, cost_alpha = count(beta, family, madds=cfg.madds), count(alpha, family, madds=cfg.madds)
     out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "transformed.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # as search and train make --out
     with open(out, "w") as fh:
@@ -88,7 +89,8 @@ def cmd_transform(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import Trainer
-    cfg = from_arguments(TrainConfig, args, dict(TRAIN_PRESETS[args.preset]) if args.preset else {})
+    preset = args.preset or ("imagenet" if args.dataset == "imagenet" else None)
+    cfg = from_arguments(TrainConfig, args, dict(TRAIN_PRESETS[preset]) if preset else {})
     trainer = Trainer(cfg)
     record = trainer.run()
     if trainer.ranks.is_main:
@@ -105,7 +107,7 @@ def cmd_draw(args) -> int:
     archs = [(cfg.arch,) + load_arch(cfg.arch)]
     if cfg.compare:
         archs.append((cfg.compare,) + load_arch(cfg.compare))
-    costs = [str(count(g, f)) for _, g, f in archs]
+    costs = [str(count(g, f, madds=cfg.madds)) for _, g, f in archs]
     print(draw(archs, cfg.out, costs))
     return 0
 
@@ -132,10 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="natfast", description="NAT: Neural Architecture Transformer, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("search", help="train the supernet and the transformation policy")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (tiny: < 3 min on a 2-core CPU)")
+    p.add_argument("--preset", choices=SEARCH_PRESETS, help="start from a preset (tiny: < 3 min on a 2-core CPU; "
+                                                            "authors: the NAT authors' code, docs/authors.md)")
     add_arguments(p, SearchConfig)
     p.set_defaults(fn=cmd_search)
     p = sub.add_parser("transform", help="transform an architecture with a trained policy")
+    p.add_argument("--preset", choices=["authors"], help="the authors' derive.py: best of 10 samples, the best "
+                                                        "always (docs/authors.md)")
     add_arguments(p, TransformConfig)
     p.set_defaults(fn=cmd_transform)
     p = sub.add_parser("train", help="train an architecture from scratch (DARTS protocol)")

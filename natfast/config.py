@@ -28,10 +28,12 @@ def from_saved(cls, values: Dict[str, Any]):
 
 def check_ranges(cfg) -> None:
     """Every bounded field within its bounds, or a ValueError naming its flag (out of range, such a
-    value would fail deep inside torch, or silently do nothing)."""
+    value would fail deep inside torch, or silently do nothing); `choices` lists a field's values."""
     for f in dataclasses.fields(cfg):
         value, meta = getattr(cfg, f.name), f.metadata
         flag = "--" + f.name.replace("_", "-")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ValueError(f"{flag} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
         if "low" in meta and value < meta["low"]:
             raise ValueError(f"{flag} must be >= {meta['low']}, got {value}")
         if "high" in meta and value > meta["high"]:
@@ -60,6 +62,15 @@ class SearchConfig:
     grad_clip: float = opt(5.0, "gradient-norm clip for w (0: off)", low=0)
     policy: str = opt("gcn", "policy: gcn, lstm (ablation) or random (ablation, not trained)")
     adjacency: str = opt("normalized", "GCN adjacency: normalized (with self-loops) or raw (the authors')")
+    policy_head: str = opt("masked", "policy head: masked (a logit per target op, forbidden ones masked) or relative "
+                                     "(the authors' NAT head: three logits {null, same, skip}; NAT rule only)",
+                           choices=("masked", "relative"))
+    feature_size: int = opt(0, "GCN input size F: every node (input nodes too) projected to F, then the GCN maps "
+                               "F -> H -> H (the authors: 1024); 0: nodes projected to the hidden size", low=0)
+    policy_init: str = opt("xavier", "GCN init: xavier, or pygcn (the authors': U(+-1/sqrt(out)) weights and biases, "
+                                     "input-node embeddings N(0, 1))", choices=("xavier", "pygcn"))
+    prob_epsilon: float = opt(0.0, "added to the policy's probabilities before the log and the entropy (the authors: "
+                                   "1e-5)", low=0)
     hidden_size: int = opt(64, "policy hidden size", low=1)
     embedding_size: int = opt(64, "policy op-embedding size", low=1)
     policy_lr: float = opt(3e-4, "Adam learning rate for theta", low=0)
@@ -67,9 +78,12 @@ class SearchConfig:
     policy_weight_decay: float = opt(5e-4, "Adam weight decay for theta", low=0)
     entropy_weight: float = opt(0.003, "entropy bonus lambda")
     baseline_decay: float = opt(0.99, "EMA decay gamma of the reward baseline", low=0, high=1)
+    baseline_update: str = opt("reward", "the baseline is an EMA of: reward (R, the spec) or advantage (R - b, as "
+                                         "the authors' code updates it)", choices=("reward", "advantage"))
     num_inputs: int = opt(1, "m: input architectures per policy step", low=1)
     num_samples: int = opt(1, "n: transformations sampled per input architecture", low=1)
     augment: bool = opt(True, "random crop + flip on the w batches")
+    augment_theta: bool = opt(False, "random crop + flip on the policy (theta) batches too (the authors')")
     executor: bool = opt(False, "run update_w's sampled path through the compiled C++ executor "
                                 "(no per-op Python dispatch; natfast's C++ kernels on a CPU, ATen's on a "
                                 "GPU) when the extension has it")
@@ -85,6 +99,13 @@ class SearchConfig:
     overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
                                  "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
+    show_every: int = opt(0, "every this many epochs, transform --show-archs with the current policy: logged to "
+                             "metrics.jsonl, drawn to OUT/transforms/ (0: never)", low=0)
+    show_archs: str = opt("", "comma-separated named architectures or genotype files to show; default: those of "
+                              "DARTS, ENAS, ResBlock, VGG, Mobilenetv2 in the searched family")
+    show_method: str = opt("argmax", "argmax, or best-of-k (K = 10 sampled, the best on the validation split, as "
+                                     "the authors show it)", choices=("argmax", "best-of-k"))
+    show_batches: int = opt(10, "validation batches scoring a best-of-k show (0: the whole split)", low=0)
 
     def __post_init__(self):
         check_ranges(self)
@@ -96,6 +117,17 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(epochs=10, batch_size=64, channels=16, layers=8),
     "paper": dict(),
 }
+SEARCH_PRESETS = tuple(sorted(PRESETS)) + ("authors",)
+
+
+def search_preset(name: Optional[str], transitions: Optional[str] = None) -> Dict[str, Any]:
+    """A search preset's values; "authors" (natfast.authors) depends on the transition rule."""
+    if not name:
+        return {}
+    if name == "authors":
+        from .authors import search_preset as authors_preset
+        return authors_preset(transitions or "nat")
+    return dict(PRESETS[name])
 
 
 @dataclass
@@ -105,6 +137,14 @@ class TransformConfig:
     checkpoint: str = opt("runs/search/checkpoint.pt", "search checkpoint holding the supernet and policy")
     method: str = opt("argmax", "argmax, or best-of-k: sample K, score on the validation split, keep the best")
     candidates: int = opt(10, "K for best-of-k", low=1)
+    keep_input: bool = opt(True, "best-of-k returns the input when no sample scores higher (--no-keep-input: the "
+                                 "best sample always, as the authors)")
+    score_data: str = opt("validation", "best-of-k scores on: validation (the split that trained the policy), "
+                                        "validation-augmented (with crop + flip: the authors' NAT), test (the CIFAR-10 "
+                                        "test set: the authors' NAT++) or authors (by the checkpoint's rule)",
+                          choices=("validation", "validation-augmented", "test", "authors"))
+    madds: str = opt("executed", "MAdds convention: executed (what runs) or authors (every conv module, as their "
+                                 "counting code)", choices=("executed", "authors"))
     data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
     eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)", low=0)
     out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint")
@@ -142,6 +182,14 @@ class TrainConfig:
     overwrite: bool = opt(False, "start afresh although OUT/checkpoint.pt exists (without this, or --resume, "
                                  "such a run stops before writing anything)")
     progress: bool = opt(True, "show a progress bar")
+    dataset: str = opt("cifar10", "cifar10, or imagenet: --data DIR holds train/<class>/*.JPEG and val/<class>/*.JPEG "
+                                  "(the CLI then starts from --preset imagenet)", choices=("cifar10", "imagenet"))
+    image_size: int = opt(224, "ImageNet training crop and validation size", low=8)
+    workers: int = opt(4, "ImageNet DataLoader worker processes (0: decode in the main process)", low=0)
+    label_smoothing: float = opt(0.0, "label smoothing of the loss (DARTS on ImageNet: 0.1)", low=0, below=1)
+    lr_schedule: str = opt("cosine", "cosine (to 0), or exponential (lr x lr_gamma each epoch: DARTS on ImageNet)",
+                           choices=("cosine", "exponential"))
+    lr_gamma: float = opt(0.97, "per-epoch decay of the exponential schedule", low=0, high=1)
 
     def __post_init__(self):
         check_ranges(self)
@@ -150,6 +198,10 @@ class TrainConfig:
 TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(epochs=2, batch_size=32, channels=8, layers=5, train_limit=1000, auxiliary_weight=0.0),
     "paper": dict(),
+    # DARTS' ImageNet (mobile setting) protocol, train_imagenet.py: 14 cells, C = 48.
+    "imagenet": dict(dataset="imagenet", epochs=250, batch_size=128, channels=48, layers=14, lr=0.1,
+                     weight_decay=3e-5, drop_path=0.0, cutout=0, label_smoothing=0.1, lr_schedule="exponential",
+                     lr_gamma=0.97),
 }
 
 
@@ -159,6 +211,11 @@ class DrawConfig:
     arch: str = opt("DARTS", "named architecture or genotype file")
     compare: Optional[str] = opt(None, "a second architecture drawn beside the first")
     out: str = opt("cells.png", "output PNG path")
+    madds: str = opt("executed", "MAdds convention: executed (what runs) or authors (every conv module, as their "
+                                 "counting code)", choices=("executed", "authors"))
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 def _arg_type(tp):
@@ -179,7 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif typing.get_origin(tp) in (tuple, Tuple):
             parser.add_argument(flag, type=float, nargs=len(typing.get_args(tp)), default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=tp, default=None, help=help_text)
+            parser.add_argument(flag, type=tp, default=None, choices=f.metadata.get("choices"), help=help_text)
 
 
 def from_arguments(cls, args: argparse.Namespace, base: Optional[Dict[str, Any]] = None):

@@ -9,7 +9,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import SearchConfig, from_saved
-from .data import BatchLoader
+from .data import BatchLoader, load_cifar10
 from .genotype import Family, Genotype, GenotypeError, validate
 from .policy import BasePolicy
 from .search import build_models, pick_device, score_batch, search_data, search_loaders
@@ -55,12 +55,32 @@ def transform_argmax(policy: BasePolicy, beta: Genotype) -> Genotype:
     return alpha
 
 
-def validation_loader(cfg: SearchConfig, data: Optional[str] = None) -> BatchLoader:
+SCORE_DATA = ("validation", "validation-augmented", "test", "authors")
+
+
+def validation_loader(cfg: SearchConfig, data: Optional[str] = None, augment: bool = False) -> BatchLoader:
+    """The search's validation split (the images that trained the policy), in order; `augment`:
+    with a seeded random crop + flip."""
     if data is not None:
         cfg = from_saved(SearchConfig, {**vars(cfg), "data": data})
     _, theta_loader = search_loaders(cfg, search_data(cfg))
     return BatchLoader(theta_loader.dataset, theta_loader.indices, cfg.batch_size, shuffle=False,
-                       augment=False, drop_last=False)
+                       augment=augment, drop_last=False, seed=cfg.seed)
+
+
+def scoring_loader(cfg: SearchConfig, which: str = "validation", data: Optional[str] = None) -> BatchLoader:
+    """The images best-of-k scores on: "validation" (natfast: the validation split, unaugmented),
+    "validation-augmented" (the authors' NAT derive.py: that split with crop + flip), "test" (the
+    authors' NAT++ derive.py: the CIFAR-10 test set), or "authors" (whichever of the two the
+    checkpoint's transition rule calls for)."""
+    if which not in SCORE_DATA:
+        raise ValueError(f"score data must be one of {', '.join(SCORE_DATA)}, got {which!r}")
+    if which == "authors":
+        which = "test" if cfg.transitions == "natpp" else "validation-augmented"
+    if which == "test":
+        return BatchLoader(load_cifar10(data if data is not None else cfg.data, "test"), None, cfg.batch_size,
+                           shuffle=False, drop_last=False)
+    return validation_loader(cfg, data, augment=which == "validation-augmented")
 
 
 def score_architectures(supernet: Supernet, archs: List[Genotype], loader: BatchLoader,
@@ -87,9 +107,10 @@ class BestOfK:
 
 
 def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed: int = 0,
-                        loader: Optional[BatchLoader] = None, max_batches: int = 0) -> BestOfK:
-    """Sample K transformations of beta, score them and beta on the validation split, keep the
-    best (beta itself if nothing beats it)."""
+                        loader: Optional[BatchLoader] = None, max_batches: int = 0, keep_input: bool = True) -> BestOfK:
+    """Sample K transformations of beta, score them and beta on the validation split (or `loader`),
+    keep the best: beta itself if nothing beats it (`keep_input`), or else the best sample whatever
+    beta scores (the authors' derive; on ties the first sampled)."""
     if k < 1:
         raise ValueError(f"best-of-k needs k >= 1 candidates, got {k}")
     gen = torch.Generator().manual_seed(seed)
@@ -100,5 +121,5 @@ def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed:
     scores = score_architectures(result.supernet, [beta] + candidates, loader, max_batches)
     beta_score, cand_scores = scores[0], scores[1:]
     best_i = max(range(k), key=lambda i: cand_scores[i])
-    best = candidates[best_i] if cand_scores[best_i] > beta_score else beta
+    best = candidates[best_i] if cand_scores[best_i] > beta_score or not keep_input else beta
     return BestOfK(best, candidates, cand_scores, beta_score)

@@ -22,17 +22,19 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed, executor, faults
-from .config import SearchConfig, describe, to_dict
+from .config import SearchConfig, describe, from_saved, to_dict
 from .data import BatchLoader, load_cifar10, split_indices, ArrayDataset
 from .genotype import Family, Genotype, get_family
 from .policy import make_policy
 from .progress import Progress
 from .sampler import sample_genotype
+from .snapshots import TransformSnapshots
 from .supernet import Supernet
 
 # Fields that define the model and the data stream: a resumed run must agree on them.
 RESUME_KEYS = ("family", "transitions", "channels", "layers", "policy", "adjacency", "hidden_size",
-               "embedding_size", "batch_size", "w_fraction", "train_limit", "seed", "data", "augment")
+               "embedding_size", "batch_size", "w_fraction", "train_limit", "seed", "data", "augment",
+               "policy_head", "feature_size", "augment_theta")
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -56,7 +58,11 @@ def pick_device(name: str) -> torch.device:
 
 
 def search_family(cfg) -> Family:
-    return get_family(cfg.family, natpp=(cfg.transitions == "natpp"))
+    family = get_family(cfg.family, natpp=(cfg.transitions == "natpp"))
+    if not family.searchable:
+        raise ValueError(f"family {family.name} is for standalone networks only (no supernet has its ops); "
+                         f"search darts or enas")
+    return family
 
 
 def build_models(cfg, device) -> tuple:
@@ -64,7 +70,9 @@ def build_models(cfg, device) -> tuple:
     torch.manual_seed(cfg.seed)
     supernet = Supernet(family, cfg.channels, cfg.layers).to(device)
     policy = make_policy(cfg.policy, family.primitives, cfg.transitions, hidden_size=cfg.hidden_size,
-                         embedding_size=cfg.embedding_size, adjacency=cfg.adjacency).to(device)
+                         embedding_size=cfg.embedding_size, adjacency=cfg.adjacency, head=cfg.policy_head,
+                         prob_epsilon=cfg.prob_epsilon, feature_size=cfg.feature_size,
+                         init=cfg.policy_init).to(device)
     return family, supernet, policy
 
 
@@ -81,7 +89,8 @@ def search_loaders(cfg, ds: ArrayDataset, shard: tuple = (0, 1)) -> tuple:
     w_idx, theta_idx = split_indices(len(ds), cfg.w_fraction, cfg.seed)
     w_loader = BatchLoader(ds, w_idx, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                            shard=shard)
-    theta_loader = BatchLoader(ds, theta_idx, cfg.batch_size, shuffle=True, augment=False, seed=cfg.seed + 1)
+    theta_loader = BatchLoader(ds, theta_idx, cfg.batch_size, shuffle=True, augment=cfg.augment_theta,
+                               seed=cfg.seed + 1)
     if len(w_loader) == 0 or len(theta_loader) == 0:
         raise ValueError(f"{len(ds)} training images are too few for batch size {cfg.batch_size} "
                          f"with a {cfg.w_fraction:.0%}/{1 - cfg.w_fraction:.0%} split")
@@ -146,6 +155,7 @@ class Searcher:
                                                   weight_decay=cfg.policy_weight_decay) if params else None)
         self.baseline = 0.0
         self.position = Position()
+        self.snapshots = TransformSnapshots(cfg, self.family, log) if cfg.show_every else None
 
     # ------------------------------------------------------------------ one step of each kind
     def update_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
@@ -207,7 +217,8 @@ class Searcher:
             self.policy_params, stats)
         if self.policy_optimizer is not None:
             self.policy_optimizer.step()
-        self.baseline = cfg.baseline_decay * self.baseline + (1 - cfg.baseline_decay) * mean_reward
+        tracked = mean_reward - self.baseline if cfg.baseline_update == "advantage" else mean_reward
+        self.baseline = cfg.baseline_decay * self.baseline + (1 - cfg.baseline_decay) * tracked
         return {"loss": loss_value, "reward": mean_reward, "baseline": self.baseline,
                 "entropy": entropy, "beta_acc": beta_acc, "alpha_acc": alpha_acc}
 
@@ -250,6 +261,8 @@ class Searcher:
                     break
                 last = self._run_phase(metrics_file, bar) or last
                 if self.position.phase == "w" and self.position.batch == 0:  # an epoch just ended
+                    if self.snapshots and self.snapshots.due(self.position.epoch):
+                        self.snapshots.take(self, metrics_file)
                     self.save(path)
         except distributed.RankFailure as exc:
             raise distributed.RankFailure(f"step {self.position.step}: {exc}") from None
@@ -323,7 +336,8 @@ class Searcher:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        ckpt.check_resumable(state["config"], to_dict(self.cfg), RESUME_KEYS)
+        saved = to_dict(from_saved(SearchConfig, state["config"]))   # fields added since: their defaults
+        ckpt.check_resumable(saved, to_dict(self.cfg), RESUME_KEYS)
         self.supernet.load_state_dict(state["supernet"])
         self.policy.load_state_dict(state["policy"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])

@@ -17,15 +17,28 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from . import distributed, faults
-from .config import TrainConfig, describe, to_dict
+from .config import TrainConfig, describe, from_saved, to_dict
 from .data import ArrayDataset, BatchLoader, load_cifar10, mix_seed
 from .genotype import load_arch
+from .imagenet import imagenet_loaders
 from .network import Network
 from .progress import Progress
 from .search import pick_device
 
 DROP_PATH_STREAM = 2  # data.py's streams are 0 (order) and 1 (augmentation)
-RESUME_KEYS = ("arch", "channels", "layers", "batch_size", "seed", "data", "train_limit", "auxiliary_weight")
+RESUME_KEYS = ("arch", "channels", "layers", "batch_size", "seed", "data", "train_limit", "auxiliary_weight",
+               "dataset", "image_size")
+
+
+def cifar10_loaders(cfg: TrainConfig, shard: Tuple[int, int] = (0, 1)) -> tuple:
+    """(train loader, test loader, 10): the CIFAR-10 folder or the embedded sample; `shard`: this
+    process's (rank, world) share of every training batch."""
+    train = load_cifar10(cfg.data, "train")
+    if cfg.train_limit and cfg.train_limit < len(train):
+        train = ArrayDataset(train.x[: cfg.train_limit], train.y[: cfg.train_limit], train.source)
+    train_loader = BatchLoader(train, None, cfg.batch_size, shuffle=True, augment=True, cutout=cfg.cutout,
+                               seed=cfg.seed, shard=shard)
+    return train_loader, BatchLoader(load_cifar10(cfg.data, "test"), None, 256, shuffle=False, drop_last=False), 10
 
 
 class LogitsAndAux(nn.Module):
@@ -50,25 +63,27 @@ class Trainer:
             self.log = lambda _: None
         self.genotype, self.family = load_arch(cfg.arch)
         torch.manual_seed(cfg.seed)
-        self.model = Network(self.genotype, self.family, cfg.channels, cfg.layers,
-                             auxiliary=cfg.auxiliary_weight > 0).to(self.device)
+        if cfg.dataset == "imagenet":
+            self.train_loader, self.test_loader, num_classes = imagenet_loaders(
+                cfg.data, cfg.batch_size, cfg.image_size, cfg.workers, cfg.seed, shard=self.ranks.shard)
+        else:
+            self.train_loader, self.test_loader, num_classes = cifar10_loaders(cfg, self.ranks.shard)
+        self.model = Network(self.genotype, self.family, cfg.channels, cfg.layers, num_classes,
+                             auxiliary=cfg.auxiliary_weight > 0,
+                             stem="imagenet" if cfg.dataset == "imagenet" else "cifar").to(self.device)
         self.forward_train: nn.Module = LogitsAndAux(self.model)
         if self.ranks.distributed:
             # Every parameter is used every step: no find_unused_parameters walk. BN statistics are
             # each process's own; DDP sends rank 0's running averages to the others every step.
             self.forward_train = DistributedDataParallel(
                 self.forward_train, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        train = load_cifar10(cfg.data, "train")
-        if cfg.train_limit and cfg.train_limit < len(train):
-            train = ArrayDataset(train.x[: cfg.train_limit], train.y[: cfg.train_limit], train.source)
-        self.train_loader = BatchLoader(train, None, cfg.batch_size, shuffle=True, augment=True,
-                                        cutout=cfg.cutout, seed=cfg.seed, shard=self.ranks.shard)
-        self.test_loader = BatchLoader(load_cifar10(cfg.data, "test"), None, 256, shuffle=False, drop_last=False)
         self.optimizer = torch.optim.SGD(self.model.parameters(), cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.epoch = 0
 
     def lr(self, epoch: int) -> float:
+        if self.cfg.lr_schedule == "exponential":
+            return self.cfg.lr * self.cfg.lr_gamma ** epoch
         return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * epoch / self.cfg.epochs))
 
     def train_epoch(self, bar: Progress, done: int) -> Dict[str, float]:
@@ -87,9 +102,9 @@ class Trainer:
             # DDP broadcasts rank 0's BN buffers in forward and all-reduces the gradients in backward.
             with self.ranks.communicating(f"epoch {self.epoch}, batch {i}: the gradient all-reduce"):
                 logits, aux = self.forward_train(x)
-                loss = F.cross_entropy(logits, y)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if aux is not None:
-                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
+                    loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -153,7 +168,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        ckpt.check_resumable(state["config"], to_dict(self.cfg), RESUME_KEYS)
+        saved = to_dict(from_saved(TrainConfig, state["config"]))   # fields added since: their defaults
+        ckpt.check_resumable(saved, to_dict(self.cfg), RESUME_KEYS)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
