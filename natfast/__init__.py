@@ -5,7 +5,8 @@
     beta, family = natfast.get_named("DARTS")
     alpha = natfast.transform_argmax(searcher.policy, beta)
 """
-from .config import SearchConfig, TransformConfig
+from . import authors, zoo
+from .config import SearchConfig, TrainConfig, TransformConfig
 from .derive import load_search, transform_argmax, transform_best_of_k
 from .flops import count as cost
 from .genotype import Genotype, format_genotype, get_named, load_arch, parse
@@ -16,6 +17,6 @@ from .search import Searcher, search
 from .supernet import Supernet
 
 __version__ = "0.1.0"
-__all__ = ["SearchConfig", "TransformConfig", "search", "Searcher", "load_search", "transform_argmax",
-           "transform_best_of_k", "cost", "Genotype", "format_genotype", "get_named", "load_arch", "parse",
-           "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend"]
+__all__ = ["authors", "zoo", "SearchConfig", "TrainConfig", "TransformConfig", "search", "Searcher", "load_search",
+           "transform_argmax", "transform_best_of_k", "cost", "Genotype", "format_genotype", "get_named", "load_arch",
+           "parse", "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend"]

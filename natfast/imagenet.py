@@ -39,7 +39,8 @@ def _pil():
 def find_classes(root: Path) -> List[str]:
     train = root / "train"
     if not root.is_dir():
-        raise DataError(f"no ImageNet folder at {root}: expected {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
+        raise DataError(f"no ImageNet folder at {root}: expected {root}/train/<class>/*.JPEG and "
+                        f"{root}/val/<class>/*.JPEG")
     if not train.is_dir():
         raise DataError(f"{root}: no train/ folder (expected {train}/<class>/*.JPEG and {root / 'val'}/<class>/*.JPEG)")
     classes = sorted(d.name for d in train.iterdir() if d.is_dir())
@@ -86,7 +87,8 @@ def _uniform(low: float, high: float) -> float:
     return low + (high - low) * torch.rand(()).item()
 
 
-def random_resized_crop_box(width: int, height: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+def random_resized_crop_box(width: int, height: int, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
     """(left, top, w, h): an area of scale x the image's and an aspect ratio drawn log-uniformly,
     ten tries, then the centre crop of the ratio clamped to the range."""
     area = width * height

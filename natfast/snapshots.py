@@ -79,10 +79,11 @@ class TransformSnapshots:
             before, after = self.input_costs[name], count(alpha, self.family)
             changed = sum(a != b for cell in ("normal", "reduce")
                           for a, b in zip(getattr(alpha, cell), getattr(beta, cell)))
+            png = self._draw(name, epoch, beta, alpha, before, after)
             record = dict(event="transform", epoch=epoch, step=searcher.position.step, arch=name,
                           method=self.cfg.show_method, input=format_genotype(beta), transformed=format_genotype(alpha),
                           changed=changed, input_params=before.params, input_madds=before.madds,
-                          params=after.params, madds=after.madds, png=self._draw(name, epoch, beta, alpha, before, after))
+                          params=after.params, madds=after.madds, png=png)
             metrics_file.write(json.dumps(record) + "\n")
             records.append(record)
             self.log(f"epoch {epoch} {self.cfg.show_method} transformation of {name}: {changed} edges changed; "
