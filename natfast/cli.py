@@ -107,7 +107,7 @@ def cmd_draw(args) -> int:
     archs = [(cfg.arch,) + load_arch(cfg.arch)]
     if cfg.compare:
         archs.append((cfg.compare,) + load_arch(cfg.compare))
-    costs = [str(count(g, f, madds=cfg.madds)) for _, g, f in archs]
+    costs = [str(count(g, f, madds=cfg.madds, dataset=cfg.dataset)) for _, g, f in archs]
     print(draw(archs, cfg.out, costs))
     return 0
 

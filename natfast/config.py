@@ -213,6 +213,8 @@ class DrawConfig:
     out: str = opt("cells.png", "output PNG path")
     madds: str = opt("executed", "MAdds convention: executed (what runs) or authors (every conv module, as their "
                                  "counting code)", choices=("executed", "authors"))
+    dataset: str = opt("cifar10", "the evaluation network costed: cifar10 (20 cells, C = 36, 32 x 32) or imagenet "
+                                  "(14 cells, C = 48, 224 x 224)", choices=("cifar10", "imagenet"))
 
     def __post_init__(self):
         check_ranges(self)

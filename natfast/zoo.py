@@ -288,10 +288,7 @@ NAMED: Dict[str, Tuple[Genotype, str]] = {
     )
 }
 
-# The inputs the authors transform (the others are their results, or NAONet_B): what a search
-# shows every --show-every epochs by default, those that fit the searched family.
-INPUTS = ("DARTS", "ENAS", "ResBlock", "VGG", "Mobilenetv2", "NAONet", "R1", "R2", "R3", "R4", "R5", "NAONet_B")
-# Published transformations: input -> {"nat": NAT's result, "natpp": NAT++'s}.
+# The authors' published transformations: input -> {"nat": NAT's result, "natpp": NAT++'s}.
 TRANSFORMED = {
     "DARTS": {"nat": "NAT_DARTS", "natpp": "NATv2_DARTS"},
     "ENAS": {"nat": "NAT_ENAS", "natpp": "NATv2_ENAS"},

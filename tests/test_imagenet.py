@@ -172,3 +172,12 @@ def test_train_cli_without_the_folder_is_one_clear_line(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "no ImageNet folder at" in err and err.count("\n") == 1
+
+
+def test_draw_costs_the_imagenet_network_the_authors_way(tmp_path, monkeypatch):
+    import natfast.draw
+    drawn = []
+    monkeypatch.setattr(natfast.draw, "draw", lambda archs, path, costs: drawn.append(costs) or path)
+    assert main(["draw", "--arch", "DARTS", "--madds", "authors", "--dataset", "imagenet",
+                 "--out", str(tmp_path / "d.png")]) == 0
+    assert drawn == [["params 4.719M, MAdds 529.1M"]]
