@@ -261,8 +261,8 @@ class Searcher:
                     break
                 last = self._run_phase(metrics_file, bar) or last
                 if self.position.phase == "w" and self.position.batch == 0:  # an epoch just ended
-                    if self.snapshots and self.snapshots.due(self.position.epoch):
-                        self.snapshots.take(self, metrics_file)
+                    if self.snapshots and main and self.snapshots.due(self.position.epoch):
+                        self.snapshots.take(self, metrics_file)   # rank 0 alone (no collectives in it)
                     self.save(path)
         except distributed.RankFailure as exc:
             raise distributed.RankFailure(f"step {self.position.step}: {exc}") from None

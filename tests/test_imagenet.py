@@ -126,6 +126,17 @@ def test_folder_reader_streams_batches_with_workers(folder):
     assert val_labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
+def test_shards_split_every_global_batch(folder):
+    """Under torchrun each process reads its contiguous half (third, ...) of every global batch."""
+    whole, _, _ = imagenet.imagenet_loaders(str(folder), 4, 16, workers=0, seed=2)
+    halves = [imagenet.imagenet_loaders(str(folder), 4, 16, workers=0, seed=2, shard=(r, 2))[0] for r in (0, 1)]
+    assert whole._batch_indices(3) == [a + b for a, b in zip(halves[0]._batch_indices(3), halves[1]._batch_indices(3))]
+    labels = [torch.cat([y0, y1]) for (_, y0), (_, y1) in zip(halves[0].epoch(3), halves[1].epoch(3))]
+    assert torch.equal(torch.cat(labels), torch.cat([y for _, y in whole.epoch(3)]))
+    with pytest.raises(ValueError, match="world dividing batch_size 4"):
+        imagenet.imagenet_loaders(str(folder), 4, shard=(0, 3))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda root: None, "no ImageNet folder at"),
     (lambda root: make_folder(root, per_class=(1, 0)) and None, "val: no images"),
