@@ -132,6 +132,7 @@ class TrainConfig:
     auxiliary_weight: float = opt(0.4, "auxiliary head loss weight (0: no auxiliary head)", low=0)
     grad_clip: float = opt(5.0, "gradient-norm clip", low=0)
     train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)
+    eval_every: int = opt(1, "test accuracy every this many epochs (and after the last)", low=1)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "cpu, cuda or auto")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt if it exists")

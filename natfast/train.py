@@ -93,7 +93,9 @@ class Trainer:
         with open(os.path.join(cfg.out, "metrics.jsonl"), "a" if resuming else "w") as metrics:
             while self.epoch < cfg.epochs:
                 record = self.train_epoch(bar, self.epoch * len(self.train_loader))
-                record.update(epoch=self.epoch, test_acc=self.evaluate(), lr=self.lr(self.epoch))
+                record.update(epoch=self.epoch, lr=self.lr(self.epoch))
+                if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+                    record["test_acc"] = self.evaluate()
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 self.epoch += 1
