@@ -37,22 +37,32 @@ def cmd_transform(args) -> int:
     from . import derive
     from .flops import count
     from .genotype import format_genotype, load_arch, to_json
+    from .policy_file import load_policy, load_shipped
     cfg = from_arguments(TransformConfig, args)
-    result = derive.load_search(cfg.checkpoint, cfg.device)
+    if cfg.method not in ("argmax", "best-of-k"):
+        raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
     beta, family = load_arch(cfg.arch)
-    beta = derive.check_input(beta, result.family)
     if cfg.method == "argmax":
-        alpha = derive.transform_argmax(result.policy, beta)
-    elif cfg.method == "best-of-k":
+        # The policy alone: a policy file, a search checkpoint's, or the one shipped for the family.
+        loaded = load_policy(cfg.checkpoint, cfg.device) if cfg.checkpoint else load_shipped(family, cfg.device)
+        if not cfg.checkpoint:
+            print(f"policy shipped with natfast ({loaded.path}): {loaded.description}; "
+                  f"--checkpoint uses another")
+        alpha = derive.transform_argmax(loaded.policy, derive.check_input(beta, loaded.family))
+    else:
+        if not cfg.checkpoint:
+            raise UserError("--method best-of-k scores candidates with a search's supernet: pass --checkpoint "
+                            "with a search checkpoint (the shipped policy has no supernet)")
+        result = derive.load_search(cfg.checkpoint, cfg.device)
+        beta = derive.check_input(beta, result.family)
         loader = derive.validation_loader(result.config, cfg.data)
         best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches)
         alpha = best.best
         print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
               + " ".join(f"{s:.4f}" for s in best.scores))
-    else:
-        raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
     cost_beta, cost_alpha = count(beta, family), count(alpha, family)
-    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "transformed.json")
+    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint
+                                  else os.path.join("runs", "transform"), "transformed.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # as search and train make --out
     with open(out, "w") as fh:
         fh.write(to_json(alpha, family) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")

@@ -100,7 +100,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 class TransformConfig:
     """Transform an architecture with a trained policy (spec section 6)."""
     arch: str = opt("DARTS", "named architecture or a file with a Genotype(...) or JSON")
-    checkpoint: str = opt("runs/search/checkpoint.pt", "search checkpoint holding the supernet and policy")
+    checkpoint: Optional[str] = opt(None, "search checkpoint (supernet and policy) or policy file; default: the "
+                                          "policy shipped with natfast for the arch's family (argmax only)")
     method: str = opt("argmax", "argmax, or best-of-k: sample K, score on the validation split, keep the best")
     candidates: int = opt(10, "K for best-of-k", low=1)
     data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
