@@ -7,6 +7,8 @@
 """
 from .config import SearchConfig, TransformConfig
 from .derive import load_search, transform_argmax, transform_best_of_k
+from .experiment import experiment
+from .experiment_config import ExperimentConfig
 from .flops import count as cost
 from .genotype import Genotype, format_genotype, get_named, load_arch, parse
 from .network import Network, network_from_supernet
@@ -18,4 +20,5 @@ from .supernet import Supernet
 __version__ = "0.1.0"
 __all__ = ["SearchConfig", "TransformConfig", "search", "Searcher", "load_search", "transform_argmax",
            "transform_best_of_k", "cost", "Genotype", "format_genotype", "get_named", "load_arch", "parse",
-           "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend"]
+           "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend",
+           "ExperimentConfig", "experiment"]

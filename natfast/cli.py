@@ -87,6 +87,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    from .experiment import experiment
+    from .experiment_config import EXPERIMENT_PRESETS, ExperimentConfig
+    cfg = from_arguments(ExperimentConfig, args, dict(EXPERIMENT_PRESETS[args.preset]) if args.preset else {})
+    experiment(cfg)
+    return 0
+
+
 def cmd_draw(args) -> int:
     from .draw import draw
     from .flops import count
@@ -132,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), help="start from a preset (tiny: a smoke run)")
     add_arguments(p, TrainConfig)
     p.set_defaults(fn=cmd_train)
+    from .experiment_config import EXPERIMENT_PRESETS, ExperimentConfig
+    p = sub.add_parser("experiment", help="does NAT work? search, transform, train original / NAT / random, report")
+    p.add_argument("--preset", choices=list(EXPERIMENT_PRESETS),
+                   help="start from a preset (tiny: a smoke run; cpu: 2 CPU cores, 2 hours; paper: GPUs)")
+    add_arguments(p, ExperimentConfig)
+    p.set_defaults(fn=cmd_experiment)
     p = sub.add_parser("draw", help="draw architectures' cells as a PNG")
     add_arguments(p, DrawConfig)
     p.set_defaults(fn=cmd_draw)

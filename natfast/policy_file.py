@@ -1,5 +1,5 @@
 """A trained policy on its own: exported from a search checkpoint (the policy's weights and the
-search config that built it, a few hundred kB instead of the supernet's megabytes), loaded for
+search config that built it, under 100 kB with the default sizes, not the supernet's megabytes), loaded for
 `natfast transform` without the supernet, and shipped with natfast in `natfast/assets/policies/`
 (`<family>.pt`, e.g. `darts.pt`), where `natfast transform` finds it when no --checkpoint is given.
 
