@@ -10,7 +10,6 @@ variants' runs are bounded by their input's (identical variants are trained once
 bound ignores)."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Callable, Dict, List
@@ -19,10 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .experiment import Experiment
-
-TEST_IMAGES = 10_000
-EVAL_BATCH = 256
-
+from .genotype import to_json
 
 def _time(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
     """Seconds per call, wall and CPU (all threads of this process), after one warm-up call."""
@@ -31,6 +27,14 @@ def _time(fn: Callable[[], object], repeats: int) -> Dict[str, float]:
     for _ in range(repeats):
         fn()
     return {"wall": (time.perf_counter() - wall) / repeats, "cpu": (time.process_time() - cpu) / repeats}
+
+
+def _endless(loader):
+    """A loader's batches, epoch after epoch (a tiny loader has fewer batches than the steps timed)."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
 
 
 def _stage(name: str, calls: float, per_call: Dict[str, float], threads: int, parallel: int = 1) -> dict:
@@ -84,45 +88,51 @@ def _estimate_best_of_k(exp: Experiment, searcher, family: str, repeats: int) ->
 
 
 def estimate_training(exp: Experiment, repeats: int) -> List[dict]:
-    from .data import load_cifar10
-    from .network import Network
+    """Each input's run as the experiment makes it (its Trainer: data, augmentation, clipping),
+    a few steps and test batches timed, plus building it (reading the data, the network)."""
+    from .experiment import Run, train_config
+    from .train import Trainer
     cfg, stages = exp.cfg, []
     threads_all = cfg.threads or torch.get_num_threads()
     threads = max(1, threads_all // cfg.workers)
     torch.set_num_threads(threads)
-    images = len(load_cifar10(cfg.data, "train"))
-    images = min(images, cfg.train_limit) if cfg.train_limit else images
-    test_images = min(TEST_IMAGES, len(load_cifar10(cfg.data, "test")))
-    steps = cfg.train_epochs * (images // cfg.train_batch_size)
     evals = len([e for e in range(cfg.train_epochs) if (e + 1) % cfg.eval_every == 0 or e + 1 == cfg.train_epochs])
     runs_per_input = len(exp.variants) * cfg.seeds
     for inp in exp.inputs:
-        torch.manual_seed(0)
-        net = Network(inp.genotype, inp.family, cfg.train_channels, cfg.train_layers,
-                      auxiliary=cfg.auxiliary_weight > 0)
-        net.drop_path_prob = cfg.drop_path / 2
-        optimizer = torch.optim.SGD(net.parameters(), cfg.lr, momentum=0.9)
-        x, y = torch.randn(cfg.train_batch_size, 3, 32, 32), torch.randint(10, (cfg.train_batch_size,))
+        run = Run(inp.name, "original", 0, to_json(inp.genotype, inp.family))
+        tcfg = train_config(cfg, run, dict(resume=False, overwrite=False), progress=False)
+        wall, cpu = time.perf_counter(), time.process_time()
+        trainer = Trainer(tcfg, log=lambda _: None)
+        build = {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        model, batches = trainer.model, _endless(trainer.train_loader)
+        model.drop_path_prob = cfg.drop_path / 2
 
         def train_step():
-            net.train()
-            logits, aux = net.forward_with_aux(x)
-            loss = F.cross_entropy(logits, y)
+            x, y = next(batches)
+            model.train()
+            logits, aux = model.forward_with_aux(x.to(trainer.device))
+            loss = F.cross_entropy(logits, y.to(trainer.device))
             if aux is not None:
-                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y)
-            optimizer.zero_grad(set_to_none=True)
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, y.to(trainer.device))
+            trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            trainer.optimizer.step()
+            loss.item()
+
+        test_batches = _endless(trainer.test_loader)
 
         def eval_batch():
-            net.eval()
+            model.eval()
+            x, y = next(test_batches)
             with torch.no_grad():
-                net(torch.randn(EVAL_BATCH, 3, 32, 32))
+                (model(x.to(trainer.device)).argmax(1) == y.to(trainer.device)).sum().item()
 
         t_step, t_eval = _time(train_step, repeats), _time(eval_batch, max(1, repeats // 2))
-        run = {k: steps * t_step[k] + evals * math.ceil(test_images / EVAL_BATCH) * t_eval[k] for k in t_step}
-        stages.append(_stage(f"training {inp.name}: {runs_per_input} runs (bound)", runs_per_input, run, threads,
-                             parallel=cfg.workers))
+        steps = cfg.train_epochs * len(trainer.train_loader)
+        one_run = {k: build[k] + steps * t_step[k] + evals * len(trainer.test_loader) * t_eval[k] for k in t_step}
+        stages.append(_stage(f"training {inp.name}: {runs_per_input} runs (bound)", runs_per_input, one_run,
+                             threads, parallel=cfg.workers))
     torch.set_num_threads(threads_all)
     return stages
 
