@@ -435,8 +435,8 @@ class Experiment:
         last_report = [0.0]
 
         def report_now_and_then() -> None:
-            # The report of the runs so far, at most once a minute (its plots take seconds).
-            if time.perf_counter() - last_report[0] > 60:
+            # The report of the runs so far, at most every 5 minutes (its plots take seconds).
+            if time.perf_counter() - last_report[0] > 300:
                 report()
                 last_report[0] = time.perf_counter()
 
