@@ -419,8 +419,10 @@ class Experiment:
             torch.set_num_threads(threads)
 
     def _run(self) -> dict:
+        from .data import load_cifar10
         from .experiment_report import write_report
         cfg = self.cfg
+        load_cifar10(cfg.data, "test")      # a missing data folder stops it before anything is written
         state = State.start(cfg)
         state.data["finished"] = False
         state.save()

@@ -89,6 +89,7 @@ def test_inputs_names_files_and_random_cells_drawn_as_the_search_draws(tmp_path)
     (dict(inputs="NOT_AN_ARCH"), "NOT_AN_ARCH"),
     (dict(variants="original,nat"), "--variants"),
     (dict(seeds=0), "--seeds must be >= 1"),
+    (dict(data="/nonexistent/cifar"), "no CIFAR-10 data at /nonexistent/cifar"),
 ])
 def test_bad_settings_are_one_clear_line(tmp_path, capsys, overrides, message):
     args = ["experiment", "--out", str(tmp_path / "e")]
