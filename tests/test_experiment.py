@@ -239,6 +239,31 @@ def test_tiny_experiment_killed_twice_continues_where_it_stopped(tmp_path, monke
 
 
 @pytest.mark.slow
+def test_one_search_per_family_and_policy_and_the_lstm_ablation(tmp_path):
+    """DARTS and ENAS need a search each (their ops differ), here with the LSTM policy (the
+    ablation; without the GCN variants no GCN search runs); each input is transformed by the policy
+    of its family."""
+    cfg = ExperimentConfig(out=str(tmp_path / "e"), **{**TINY, "inputs": "DARTS,ENAS", "variants": "original,lstm"})
+    exp = Experiment(cfg, _quiet)
+    state = State.start(cfg)
+    checkpoints = exp.run_searches(state)
+    assert sorted(checkpoints) == ["darts-lstm", "enas-lstm"]
+    rows = {row["name"]: row for row in exp.derive_architectures(checkpoints)}
+    for key, path in checkpoints.items():
+        family, policy = key.split("-")
+        result = load_search(path)
+        assert (result.config.family, result.config.policy) == (family, policy)
+        assert type(result.policy).__name__ == {"gcn": "GCNPolicy", "lstm": "LSTMPolicy"}[policy]
+        name = {"darts": "DARTS", "enas": "ENAS"}[family]
+        variant = rows[name]["variants"]["argmax" if policy == "gcn" else "lstm"]
+        beta = get_named(name)[0]
+        assert load_arch(variant["genotype"])[0] == normalize(transform_argmax(result.policy, beta))
+        assert is_valid_transformation(beta, load_arch(variant["genotype"])[0], "nat", result.family.primitives)
+        exported = tmp_path / "e" / "policies" / (f"{family}.pt" if policy == "gcn" else f"{key}.pt")
+        assert load_policy(str(exported)).config.policy == policy
+
+
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_results(tmp_path):
     """Two training workers (processes, one thread each) reproduce the runs of one process."""
     common = {**TINY, "inputs": "DARTS,random:1", "variants": "original", "seeds": 1}

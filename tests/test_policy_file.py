@@ -53,7 +53,6 @@ def test_exported_policy_transforms_as_the_checkpoint(searched):
     assert transform_argmax(from_ckpt.policy, _inputs()[0]) == transform_argmax(full.policy, _inputs()[0])
 
 
-@pytest.mark.slow    # two transforms, each costing both networks at the paper's size
 def test_transform_without_checkpoint_uses_the_shipped_policy(searched, monkeypatch, tmp_path, capsys):
     path, shipped, description = searched
     monkeypatch.setattr(policy_file, "POLICY_DIR", shipped)
