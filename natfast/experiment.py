@@ -314,12 +314,14 @@ class Experiment:
                                    {"matches": reference})
             if "lstm" in self.policies:
                 archs["lstm"] = (transform_argmax(loaded[f"{fam}-lstm"].policy, inp.genotype), {})
-            variants, seen = {}, {}
+            variants, seen, costs = {}, {}, {}
             for variant in self.variants:
                 genotype, extra = archs[variant]
                 text = to_json(genotype, inp.family)
-                trained = count(genotype, inp.family, cfg.train_channels, cfg.train_layers)
-                paper = count(genotype, inp.family)
+                if text not in costs:   # each network's cost once: costing at C = 36, 20 cells takes seconds
+                    costs[text] = (count(genotype, inp.family, cfg.train_channels, cfg.train_layers),
+                                   count(genotype, inp.family))
+                trained, paper = costs[text]
                 variants[variant] = {"genotype": text, "changed": list(changed_edges(inp.genotype, genotype)),
                                      "params": trained.params, "madds": trained.madds,
                                      "paper_params": paper.params, "paper_madds": paper.madds,
