@@ -194,7 +194,7 @@ setup(
     description="Fast NAT: Neural Architecture Transformer (NAT and NAT++) on CPU and GPU",
     packages=find_packages(include=["natfast", "natfast.*"]) + ["natfast.kernels"],
     package_dir={"natfast.kernels": "kernels"},
-    package_data={"natfast": ["assets/*.npz", "assets/*.md"]},
+    package_data={"natfast": ["assets/*.npz", "assets/*.md", "assets/policies/*"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={"draw": ["matplotlib"], "imagenet": ["pillow"], "test": ["pytest", "pytest-benchmark"]},

@@ -8,6 +8,8 @@
 from . import authors, zoo
 from .config import SearchConfig, TrainConfig, TransformConfig
 from .derive import load_search, transform_argmax, transform_best_of_k
+from .experiment import experiment
+from .experiment_config import ExperimentConfig
 from .flops import count as cost
 from .genotype import Genotype, format_genotype, get_named, load_arch, parse
 from .network import Network, network_from_supernet
@@ -19,4 +21,5 @@ from .supernet import Supernet
 __version__ = "0.1.0"
 __all__ = ["authors", "zoo", "SearchConfig", "TrainConfig", "TransformConfig", "search", "Searcher", "load_search",
            "transform_argmax", "transform_best_of_k", "cost", "Genotype", "format_genotype", "get_named", "load_arch",
-           "parse", "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend"]
+           "parse", "Network", "network_from_supernet", "Supernet", "make_policy", "use_backend",
+           "ExperimentConfig", "experiment"]

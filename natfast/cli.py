@@ -55,23 +55,33 @@ def cmd_transform(args) -> int:
     from .flops import count
     from .genotype import format_genotype, load_arch, to_json
     from .authors import TRANSFORM_PRESET
+    from .policy_file import load_policy, load_shipped
     cfg = from_arguments(TransformConfig, args, dict(TRANSFORM_PRESET) if args.preset == "authors" else {})
-    result = derive.load_search(cfg.checkpoint, cfg.device)
+    if cfg.method not in ("argmax", "best-of-k"):
+        raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
     beta, family = load_arch(cfg.arch)
-    beta = derive.check_input(beta, result.family)
     if cfg.method == "argmax":
-        alpha = derive.transform_argmax(result.policy, beta)
-    elif cfg.method == "best-of-k":
+        # The policy alone: a policy file, a search checkpoint's, or the one shipped for the family.
+        loaded = load_policy(cfg.checkpoint, cfg.device) if cfg.checkpoint else load_shipped(family, cfg.device)
+        if not cfg.checkpoint:
+            print(f"policy shipped with natfast ({loaded.path}): {loaded.description}; "
+                  f"--checkpoint uses another")
+        alpha = derive.transform_argmax(loaded.policy, derive.check_input(beta, loaded.family))
+    else:
+        if not cfg.checkpoint:
+            raise UserError("--method best-of-k scores candidates with a search's supernet: pass --checkpoint "
+                            "with a search checkpoint (the shipped policy has no supernet)")
+        result = derive.load_search(cfg.checkpoint, cfg.device)
+        beta = derive.check_input(beta, result.family)
         loader = derive.scoring_loader(result.config, cfg.score_data, cfg.data)
         best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches,
                                           cfg.keep_input)
         alpha = best.best
         print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
               + " ".join(f"{s:.4f}" for s in best.scores))
-    else:
-        raise UserError(f"--method must be argmax or best-of-k, got {cfg.method!r}")
     cost_beta, cost_alpha = count(beta, family, madds=cfg.madds), count(alpha, family, madds=cfg.madds)
-    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)), "transformed.json")
+    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint
+                                  else os.path.join("runs", "transform"), "transformed.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # as search and train make --out
     with open(out, "w") as fh:
         fh.write(to_json(alpha, family) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")
@@ -96,6 +106,14 @@ def cmd_train(args) -> int:
     if trainer.ranks.is_main:
         print(f"test accuracy {record.get('test_acc', float('nan')):.4f} after {cfg.epochs} epochs; "
               f"checkpoint: {os.path.join(cfg.out, 'checkpoint.pt')}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from .experiment import experiment
+    from .experiment_config import EXPERIMENT_PRESETS, ExperimentConfig
+    cfg = from_arguments(ExperimentConfig, args, dict(EXPERIMENT_PRESETS[args.preset]) if args.preset else {})
+    experiment(cfg)
     return 0
 
 
@@ -147,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), help="start from a preset (tiny: a smoke run)")
     add_arguments(p, TrainConfig)
     p.set_defaults(fn=cmd_train)
+    from .experiment_config import EXPERIMENT_PRESETS, ExperimentConfig
+    p = sub.add_parser("experiment", help="does NAT work? search, transform, train original / NAT / random, report")
+    p.add_argument("--preset", choices=list(EXPERIMENT_PRESETS),
+                   help="start from a preset (tiny: a smoke run; cpu: 2 CPU cores, 2 hours; paper: GPUs)")
+    add_arguments(p, ExperimentConfig)
+    p.set_defaults(fn=cmd_experiment)
     p = sub.add_parser("draw", help="draw architectures' cells as a PNG")
     add_arguments(p, DrawConfig)
     p.set_defaults(fn=cmd_draw)

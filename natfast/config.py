@@ -134,7 +134,8 @@ def search_preset(name: Optional[str], transitions: Optional[str] = None) -> Dic
 class TransformConfig:
     """Transform an architecture with a trained policy (spec section 6)."""
     arch: str = opt("DARTS", "named architecture or a file with a Genotype(...) or JSON")
-    checkpoint: str = opt("runs/search/checkpoint.pt", "search checkpoint holding the supernet and policy")
+    checkpoint: Optional[str] = opt(None, "search checkpoint (supernet and policy) or policy file; default: the "
+                                          "policy shipped with natfast for the arch's family (argmax only)")
     method: str = opt("argmax", "argmax, or best-of-k: sample K, score on the validation split, keep the best")
     candidates: int = opt(10, "K for best-of-k", low=1)
     keep_input: bool = opt(True, "best-of-k returns the input when no sample scores higher (--no-keep-input: the "
@@ -174,6 +175,7 @@ class TrainConfig:
     auxiliary_weight: float = opt(0.4, "auxiliary head loss weight (0: no auxiliary head)", low=0)
     grad_clip: float = opt(5.0, "gradient-norm clip", low=0)
     train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)
+    eval_every: int = opt(1, "test accuracy every this many epochs (and after the last)", low=1)
     seed: int = opt(0, "seed")
     device: str = opt("auto", "cpu, cuda or auto")
     dist_timeout: float = opt(600.0, "under torchrun: seconds a process waits for the others in a collective "

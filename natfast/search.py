@@ -69,11 +69,15 @@ def build_models(cfg, device) -> tuple:
     family = search_family(cfg)
     torch.manual_seed(cfg.seed)
     supernet = Supernet(family, cfg.channels, cfg.layers).to(device)
-    policy = make_policy(cfg.policy, family.primitives, cfg.transitions, hidden_size=cfg.hidden_size,
-                         embedding_size=cfg.embedding_size, adjacency=cfg.adjacency, head=cfg.policy_head,
-                         prob_epsilon=cfg.prob_epsilon, feature_size=cfg.feature_size,
-                         init=cfg.policy_init).to(device)
-    return family, supernet, policy
+    return family, supernet, policy_of_config(cfg, family).to(device)
+
+
+def policy_of_config(cfg, family: Family):
+    """The (untrained) policy a search with this config trains: one place, so a policy file
+    rebuilds exactly the policy its search saved."""
+    return make_policy(cfg.policy, family.primitives, cfg.transitions, hidden_size=cfg.hidden_size,
+                       embedding_size=cfg.embedding_size, adjacency=cfg.adjacency, head=cfg.policy_head,
+                       prob_epsilon=cfg.prob_epsilon, feature_size=cfg.feature_size, init=cfg.policy_init)
 
 
 def search_data(cfg) -> ArrayDataset:

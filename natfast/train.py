@@ -150,9 +150,10 @@ class Trainer:
         with open(metrics_path, "a" if resuming else "w") as metrics:
             while self.epoch < cfg.epochs:
                 record = self.train_epoch(bar, self.epoch * len(self.train_loader))
-                # Rank 0 evaluates (with its BN running averages, the ones it saves); all get the result.
-                record.update(epoch=self.epoch, test_acc=self.ranks.from_main(self.evaluate),
-                              lr=self.lr(self.epoch))
+                record.update(epoch=self.epoch, lr=self.lr(self.epoch))
+                if (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs:
+                    # Rank 0 evaluates (with its BN running averages, the ones it saves); all get the result.
+                    record["test_acc"] = self.ranks.from_main(self.evaluate)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 self.epoch += 1
