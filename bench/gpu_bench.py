@@ -47,6 +47,12 @@ def progress(what: str) -> None:
     print(f"gpu_bench [{time.perf_counter() - _STARTED:6.0f} s] {what}", file=sys.stderr, flush=True)
 
 
+def randn(*shape, dtype=torch.float32, requires_grad=False) -> torch.Tensor:
+    """Random inputs drawn on the CPU and copied over: a capture that fails part-way leaves CUDA's
+    generator unusable ("Offset increment outside graph capture"), which must not end the run."""
+    return torch.randn(*shape, dtype=dtype).to(DEV).requires_grad_(requires_grad)
+
+
 def gpu_time(fn, iters: int = 20, warmup: int = 3) -> float:
     """Median milliseconds of fn() measured with CUDA events (a host timer on the CPU)."""
     if DEV == "cpu":  # --smoke: the interpreter is slow, and these timings mean nothing anyway
@@ -71,7 +77,7 @@ def graph_time(fn) -> float:
 
 
 def copy_bandwidth(n: int = 256 * 2**20 // 4) -> dict:
-    src = torch.randn(n, device=DEV)
+    src = randn(n)
     dst = torch.empty_like(src)
     ms = gpu_time(lambda: dst.copy_(src), iters=30)
     return {"bytes": 2 * src.numel() * 4, "ms": ms, "GBps": 2 * src.numel() * 4 / ms / 1e6}
@@ -93,8 +99,9 @@ def fwd_bwd(op: str, make, run, backend: str) -> dict:
         raise LookupError(f"{backend} does not serve these inputs") from exc
     if served != {backend}:
         raise LookupError(f"{backend} does not serve these inputs")
-    out = forward()
-    dy = torch.randn_like(out)
+    with torch.no_grad():  # an output holding its graph would keep autograd nodes alive into the capture
+        out = forward()
+    dy = randn(*out.shape, dtype=out.dtype)
     leaves = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
 
     def both():
@@ -121,12 +128,12 @@ def backends_used(fn) -> dict:
 def kernel_cases(batch: int):
     """(name, op, make inputs, run, bytes moved by the forward)."""
     def x(c, h, dtype=torch.float32):
-        return lambda: [torch.randn(batch, c, h, h, device=DEV, dtype=dtype, requires_grad=True)]
+        return lambda: [randn(batch, c, h, h, dtype=dtype, requires_grad=True)]
 
     cases = []
     for c, h, k, s, d in [(16, 32, 3, 1, 1), (16, 32, 5, 1, 2), (32, 16, 3, 2, 1), (64, 8, 5, 1, 1)]:
         def make(c=c, h=h, k=k):
-            return x(c, h)() + [torch.randn(c, 1, k, k, device=DEV, requires_grad=True)]
+            return x(c, h)() + [randn(c, 1, k, k, requires_grad=True)]
         ho = (h - 1) // s + 1
         cases.append((f"relu_dwconv C{c} {h}x{h} k{k} s{s} d{d}", "relu_dwconv", make,
                       lambda a, w, s=s, d=d: relu_dwconv(a, w, s, d), 4 * batch * c * (h * h + ho * ho)))
@@ -185,10 +192,10 @@ def bench_gcn(cells: int = 1024, loop_cells: int = 1024) -> dict:
     """The policy's GCN (two graph convolutions + head, forward+backward) on `cells` cell graphs:
     batched under each backend vs the reference one cell at a time (the authors' way)."""
     n, f, h, o = 6, 64, 64, 18
-    adj = torch.rand(cells, n, n, device=DEV)
-    x = torch.randn(cells, n, f, device=DEV, requires_grad=True)
-    params = [torch.randn(f, h, device=DEV) * 0.1, torch.randn(h, device=DEV) * 0.1, torch.randn(h, h, device=DEV) * 0.1,
-              torch.randn(h, device=DEV) * 0.1, torch.randn(h, o, device=DEV) * 0.1, torch.randn(o, device=DEV) * 0.1]
+    adj = torch.rand(cells, n, n).to(DEV)
+    x = randn(cells, n, f, requires_grad=True)
+    params = [randn(f, h) * 0.1, randn(h) * 0.1, randn(h, h) * 0.1,
+              randn(h) * 0.1, randn(h, o) * 0.1, randn(o) * 0.1]
     params = [p.requires_grad_() for p in params]
     result = {"cells": cells}
 
@@ -255,8 +262,8 @@ def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: 
     net = Supernet(family, channels, layers).to(DEV)
     params = list(net.parameters())  # once, as the search step does (walking the modules costs ms)
     opt = torch.optim.SGD(params, 0.01, momentum=0.9, weight_decay=3e-4)
-    x = torch.randn(batch, 3, 32, 32, device=DEV)
-    y = torch.randint(0, 10, (batch,), device=DEV)
+    x = randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,)).to(DEV)
     archs = [sample_genotype(family, torch.Generator().manual_seed(i)) for i in range(steps)]
 
     def step(arch, backend: str, use_executor: bool):
