@@ -23,7 +23,7 @@ start=$(date +%s)
 "$PYTHON" -m venv "$env_dir"
 # numpy < 2.4: Triton 3.6's interpreter converts one-element arrays to Python ints, which numpy 2.4
 # refuses (its compiler, what the GPU runs, is unaffected).
-"$env_dir/bin/python" -m pip install -q "torch==$GPU_TORCH" "numpy<2.4" pybind11 ninja pytest ||
+"$env_dir/bin/python" -m pip install -q "torch==$GPU_TORCH" "numpy<2.4" pybind11 ninja pytest pillow ||
   { echo "gpu_versions_check: could not install torch==$GPU_TORCH (set NATFAST_SKIP_GPU_VERSIONS_CHECK=1 to skip)" >&2; exit 1; }
 "$env_dir/bin/python" -c 'import torch, triton; print(f"gpu_versions_check: torch {torch.__version__}, triton {triton.__version__}")'
 

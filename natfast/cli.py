@@ -67,6 +67,7 @@ def cmd_transform(args) -> int:
             print(f"policy shipped with natfast ({loaded.path}): {loaded.description}; "
                   f"--checkpoint uses another")
         alpha = derive.transform_argmax(loaded.policy, derive.check_input(beta, loaded.family))
+        searched = loaded.family
     else:
         if not cfg.checkpoint:
             raise UserError("--method best-of-k scores candidates with a search's supernet: pass --checkpoint "
@@ -76,21 +77,23 @@ def cmd_transform(args) -> int:
         loader = derive.scoring_loader(result.config, cfg.score_data, cfg.data)
         best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches,
                                           cfg.keep_input)
-        alpha = best.best
+        alpha, searched = best.best, result.family
         print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
               + " ".join(f"{s:.4f}" for s in best.scores))
-    cost_beta, cost_alpha = count(beta, family, madds=cfg.madds), count(alpha, family, madds=cfg.madds)
+    # alpha lives in the searched family (NAT++ widens the input's op set), and is saved as such so
+    # that `natfast train --arch` reads it back.
+    cost_beta, cost_alpha = count(beta, family, madds=cfg.madds), count(alpha, searched, madds=cfg.madds)
     out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(cfg.checkpoint)) if cfg.checkpoint
                                   else os.path.join("runs", "transform"), "transformed.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)   # as search and train make --out
     with open(out, "w") as fh:
-        fh.write(to_json(alpha, family) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")
+        fh.write(to_json(alpha, searched) + "\n" if out.endswith(".json") else format_genotype(alpha) + "\n")
     print(f"input {cfg.arch} ({family.name}): {cost_beta}")
     print(format_genotype(beta))
     print(f"transformed ({cfg.method}): {cost_alpha}; saved to {out}")
     if cfg.draw:
         from .draw import draw
-        draw([(cfg.arch, beta, family), (f"NAT({cfg.arch})", alpha, family)], cfg.draw,
+        draw([(cfg.arch, beta, family), (f"NAT({cfg.arch})", alpha, searched)], cfg.draw,
              [str(cost_beta), str(cost_alpha)])
         print(f"drawing: {cfg.draw}")
     print(format_genotype(alpha))

@@ -148,7 +148,7 @@ class TransformConfig:
                                  "counting code)", choices=("executed", "authors"))
     data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
     eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)", low=0)
-    out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint")
+    out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint, or runs/transform/ without one")
     draw: Optional[str] = opt(None, "write a PNG drawing of both architectures here")
     seed: int = opt(0, "seed for sampling")
     device: str = opt("auto", "cpu, cuda or auto")

@@ -68,6 +68,9 @@ def parse_inputs(cfg: ExperimentConfig) -> List[Input]:
                 random_count += 1
             continue
         genotype, family = load_arch(item)
+        if not family.searchable:   # before experiment.json is written: a retry needs no --overwrite
+            raise ExperimentError(f"--inputs: {item} is of the {family.name} family, for standalone networks "
+                                  f"only (no supernet has its ops); NAT transforms darts- and enas-family cells")
         family = searched_family(family.name, cfg.transitions)
         named = {n.lower(): n for n in NAMED}
         name = named.get(item.lower()) or re.sub(r"[^A-Za-z0-9_.+-]", "_", os.path.splitext(os.path.basename(item))[0])
@@ -462,7 +465,8 @@ class Experiment:
 
 def _last_epoch_means(path: str) -> Dict[str, float]:
     """Means of the last epoch's theta phase of a search's metrics (reward, accuracies)."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
     theta = [r for r in rows if r.get("phase") == "theta"]
     if not theta:
         return {}

@@ -72,14 +72,14 @@ class ExperimentConfig:
 FREE_KEYS = ("workers", "threads", "device", "estimate", "resume", "overwrite", "progress", "seeds")
 
 EXPERIMENT_PRESETS: Dict[str, Dict[str, Any]] = {
-    # A smoke run on the embedded sample: the whole pipeline, 14 tiny training runs.
+    # A smoke run on the embedded sample: the whole pipeline, up to 16 tiny training runs.
     "tiny": dict(inputs="DARTS,random:1", variants="original,argmax,best-of-k,random",
                  search_epochs=1, search_channels=4, search_layers=3, search_batch_size=32,
                  search_train_limit=320, candidates=3, eval_batches=2, seeds=2,
                  train_epochs=2, train_channels=4, train_layers=3, train_batch_size=32, train_limit=64,
                  auxiliary_weight=0.0, drop_path=0.0),
     # Real CIFAR-10 (--data) on 2 idle CPU cores in about 100 minutes, at most 2 hours
-    # (results/README.md: why this scale, and how it was calibrated). A 12,500-step search of a
+    # (results/README.md: why this scale, and how it was calibrated). A 12,480-step search of a
     # small supernet; each of the (up to) 24 trained networks sees 36,000 images (2 epochs of
     # 18,000) at C = 16, 5 cells; regularisers that pay off only in long training (cutout,
     # drop-path, auxiliary head) are off; two runs train side by side, a thread each.

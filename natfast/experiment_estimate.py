@@ -5,9 +5,10 @@ batches, training steps and test batches of every input), projected to the whole
 Two projections: from the wall time measured now, and for an idle machine, from the CPU time each
 step took divided by the threads it ran on (on a machine shared with other jobs the wall time is
 inflated by them; the CPU time much less). Training is projected from the inputs themselves: under
-NAT's and NAT++'s transitions a transformed network never costs more than its input, so the
-variants' runs are bounded by their input's (identical variants are trained once, which this
-bound ignores)."""
+NAT's and NAT++'s transitions a transformed op never costs more than its source, so the variants'
+runs cost about their input's or less (approximately: a skip connection replacing a pool on a
+reduction edge becomes a FactorizedReduce, which costs more; identical variants are trained once,
+which this ignores)."""
 from __future__ import annotations
 
 import os

@@ -97,6 +97,9 @@ def shipped_policy_path(family: Family, folder: Optional[Path] = None) -> Path:
 
 def load_shipped(family: Family, device: str = "cpu", folder: Optional[Path] = None) -> PolicyFile:
     """The policy natfast ships for this family, or a CheckpointError saying there is none."""
+    if not family.searchable:
+        raise ckpt.CheckpointError(f"the {family.name} family is for standalone networks only: no search (and so "
+                                   f"no policy) covers its ops; NAT transforms darts- and enas-family cells")
     path = shipped_policy_path(family, folder)
     if not path.is_file():
         shipped = sorted(p.stem for p in Path(folder or POLICY_DIR).glob("*.pt"))

@@ -34,7 +34,7 @@ from .supernet import Supernet
 # Fields that define the model and the data stream: a resumed run must agree on them.
 RESUME_KEYS = ("family", "transitions", "channels", "layers", "policy", "adjacency", "hidden_size",
                "embedding_size", "batch_size", "w_fraction", "train_limit", "seed", "data", "augment",
-               "policy_head", "feature_size", "augment_theta")
+               "policy_head", "feature_size", "augment_theta", "prob_epsilon", "baseline_update")
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:

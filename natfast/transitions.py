@@ -15,7 +15,8 @@ from .genotype import CELLS, NATPP_PRIMITIVES, Genotype, GenotypeError, normaliz
 RULES = ("nat", "natpp")
 SKIP, NULL = "skip_connect", "null"
 
-# NAT++ (spec section 3): source op -> allowed targets. A target never costs more than its source.
+# NAT++ (spec section 3): source op -> allowed targets. A target op never costs more than its source
+# (on a reduction edge a skip target runs as a FactorizedReduce, which can cost more than a pool).
 _POOLS_3 = ("max_pool_3x3", "avg_pool_3x3")
 _POOLS_5 = ("max_pool_5x5", "avg_pool_5x5")
 _DROP = (SKIP, NULL)

@@ -87,6 +87,7 @@ def test_inputs_names_files_and_random_cells_drawn_as_the_search_draws(tmp_path)
 @pytest.mark.parametrize("overrides,message", [
     (dict(inputs="DARTS,darts"), "repeated: DARTS"),
     (dict(inputs="NOT_AN_ARCH"), "NOT_AN_ARCH"),
+    (dict(inputs="DARTS,NAONet"), "NAONet is of the enas-eval family, for standalone networks only"),
     (dict(variants="original,nat"), "--variants"),
     (dict(seeds=0), "--seeds must be >= 1"),
     (dict(data="/nonexistent/cifar"), "no CIFAR-10 data at /nonexistent/cifar"),

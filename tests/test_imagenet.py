@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from natfast import imagenet
 from natfast.cli import main
@@ -16,6 +15,9 @@ from natfast.data import DataError
 from natfast.flops import count
 from natfast.genotype import get_named
 from natfast.network import Network
+
+# Pillow is the optional `imagenet` extra (requirements.txt installs it for the tests).
+Image = pytest.importorskip("PIL.Image", reason="Pillow (the imagenet extra) is not installed")
 
 CLASSES = ("cat", "dog", "eel")
 

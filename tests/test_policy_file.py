@@ -73,6 +73,7 @@ def test_transform_without_checkpoint_uses_the_shipped_policy(searched, monkeypa
 
 @pytest.mark.parametrize("args,message", [
     (["--arch", "ENAS"], "ships no trained policy for the enas family"),
+    (["--arch", "NAONet"], "the enas-eval family is for standalone networks only"),
     (["--arch", "DARTS", "--method", "best-of-k"], "pass --checkpoint with a search checkpoint"),
     (["--arch", "ENAS", "--checkpoint", "{shipped}/darts.pt"], "policy searched on darts"),
     (["--arch", "DARTS", "--checkpoint", "{shipped}/darts.pt", "--method", "best-of-k"],
@@ -94,3 +95,23 @@ def test_load_shipped_refuses_a_file_of_another_family(searched, tmp_path):
     (tmp_path / "enas.pt").write_bytes((shipped / "darts.pt").read_bytes())
     with pytest.raises(ckpt.CheckpointError, match="holds a policy for the darts family, not enas"):
         load_shipped(get_family("enas"), folder=tmp_path)
+
+
+def test_a_nat_plus_plus_transformation_is_saved_in_the_searched_family(monkeypatch, tmp_path, capsys):
+    """NAT++ widens the input's op set (enas -> enas++): the saved genotype names the searched
+    family, so `natfast train --arch` reads back whatever ops the policy chose."""
+    from natfast.config import to_dict
+    from natfast.genotype import load_arch
+    from natfast.search import policy_of_config, search_family
+    cfg = SearchConfig(family="enas", transitions="natpp", hidden_size=16, embedding_size=8)
+    family = search_family(cfg)
+    torch.manual_seed(0)
+    ckpt.save({"format": policy_file.POLICY_FORMAT, "config": to_dict(cfg), "family": family.name,
+               "primitives": list(family.primitives), "policy": policy_of_config(cfg, family).state_dict(),
+               "description": "untrained"}, str(tmp_path / "enas.pt"))
+    out = tmp_path / "t.json"
+    assert main(["transform", "--arch", "ENAS", "--checkpoint", str(tmp_path / "enas.pt"), "--out", str(out)]) == 0
+    alpha, saved_family = load_arch(str(out))
+    assert saved_family.name == family.name == "enas++"
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Genotype(")]
+    assert normalize(parse(lines[-1])) == normalize(alpha)
