@@ -11,9 +11,10 @@ plain tensors and sizes; autograd and dispatch live in `natfast/ops/backends/tri
   sample    masked softmax over allowed transitions, sampling/argmax, log-prob and entropy
   mixed     routed mixed operation of the parameter-free candidates (pools + BN, skip, null)
   node_sum  a cell node: sum of its inputs' BN (statistics given) and its ReLU, forward and backward
+  optim     masked SGD over flat parameters: updates exactly the parameters a step used
 
 Importing this package imports Triton: set TRITON_INTERPRET=1 *before* importing it to run the
 kernels on CPU tensors in Triton's interpreter (tests).
 """
 
-from . import batchnorm, dwconv, gcn, mixed, node_sum, pool, reduce, sample  # noqa: E402,F401
+from . import batchnorm, dwconv, gcn, mixed, node_sum, optim, pool, reduce, sample  # noqa: E402,F401

@@ -190,6 +190,25 @@ class NetworkPlan:
     cells: Tuple[CellRun, ...]
 
     @property
+    def live_cells(self) -> Tuple[bool, ...]:
+        """Whether each cell's output reaches the logits: the last cell's does, and a cell's does
+        when a live cell reads it (the next one as input 1, the one after as input 0)."""
+        live = [False] * len(self.cells)
+        live[-1] = True
+        for i in range(len(self.cells) - 1, -1, -1):
+            for source, used in ((i - 1, self.cells[i].input_used[1]), (i - 2, self.cells[i].input_used[0])):
+                if live[i] and used and source >= 0:
+                    live[source] = True
+        return tuple(live)
+
+    @property
+    def stem_live(self) -> bool:
+        """Whether a live cell reads the stem's output (cell 0 as either input, cell 1 as input 0)."""
+        live = self.live_cells
+        return (live[0] and any(self.cells[0].input_used)) or (
+            len(self.cells) > 1 and live[1] and self.cells[1].input_used[0])
+
+    @property
     def classifier_blocks(self) -> Tuple[int, ...]:
         """The last cell's non-zero output blocks: the classifier's used input channel blocks
         (empty: every output is zero and the logits are the bias)."""

@@ -61,6 +61,7 @@ class ExecutorPlan:
     cells: torch.Tensor          # (layers, 7 + B) int64: see csrc/executor/executor.cpp
     slots: torch.Tensor          # (rows, 8) int64: the slots that run, cell after cell
     params: List[torch.Tensor]
+    owners: List[int]            # per parameter: -1 the stem, i cell i, layers the classifier
     _seen_shapes: set = field(default_factory=set)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,11 +95,13 @@ def _pack(supernet: Supernet, genotype: Genotype) -> ExecutorPlan:
     b = supernet.family.num_nodes
     network = cell_plan.plan_network(genotype, supernet.family, supernet.layers)
     params: List[torch.Tensor] = list(supernet.stem.parameters())
+    owners = [-1] * len(params)
     cells, slots = [], []
 
     def take(module) -> int:
         first = len(params)
         params.extend(module.parameters())
+        owners.extend([len(cells)] * (len(params) - first))
         return first
 
     for run, cell in zip(network.cells, supernet.cells):
@@ -116,8 +119,9 @@ def _pack(supernet: Supernet, genotype: Genotype) -> ExecutorPlan:
         outputs = list(run.output_blocks)
         cells.append(header + [len(slots), len(outputs)] + outputs + [-1] * (b - len(outputs)))
     params += [supernet.classifier.weight, supernet.classifier.bias]
+    owners += [len(cells)] * 2
     return ExecutorPlan(torch.tensor(cells, dtype=torch.int64),
-                        torch.tensor(slots, dtype=torch.int64).view(-1, 8), params)
+                        torch.tensor(slots, dtype=torch.int64).view(-1, 8), params, owners)
 
 
 _plans: "weakref.WeakKeyDictionary[Supernet, OrderedDict]" = weakref.WeakKeyDictionary()
@@ -135,6 +139,19 @@ def compile_arch(supernet: Supernet, genotype: Genotype) -> ExecutorPlan:
     else:
         cache.move_to_end(g)
     return plan
+
+
+def parameters_read(supernet: Supernet, genotype: Genotype) -> List[torch.Tensor]:
+    """The supernet parameters a step of `genotype` computes the logits with: exactly those that get
+    a gradient (the masked optimiser of natfast/flat_params.py updates these and no others). The
+    executor also runs cells whose output no later cell reads; their parameters are not among these."""
+    plan = compile_arch(supernet, genotype)
+    network = cell_plan.plan_network(normalize(genotype), supernet.family, supernet.layers)
+    live = network.live_cells + (True,)
+    read = [p for p, owner in zip(plan.params, plan.owners) if (network.stem_live if owner < 0 else live[owner])]
+    if not network.classifier_blocks:   # every output zero: the logits are the bias
+        read = [p for p in read if p is not supernet.classifier.weight]
+    return read
 
 
 def forward(supernet: Supernet, x: torch.Tensor, genotype: Genotype) -> torch.Tensor:

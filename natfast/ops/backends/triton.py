@@ -310,6 +310,20 @@ def _bn_node_sum_limits(inputs, means, rstds, groups=None, with_relu=False) -> R
     return _empty(inputs[0]) or _served(*tensors)
 
 
+# ----------------------------------------------------------------------------- masked_sgd
+def masked_sgd(param, grad, buf, segment_of, used, started, scale, lr, momentum, weight_decay):
+    load_kernels().optim.masked_sgd(param, grad, buf, segment_of, used, started, scale, lr, momentum, weight_decay)
+
+
+def _masked_sgd_limits(param, grad, buf, segment_of, used, started, scale, *hyper) -> Reason:
+    """CUDA (or interpreted CPU) flat float32 buffers (natfast.ops.masked_sgd checks their shapes)."""
+    if param.dtype != torch.float32:
+        return f"{param.dtype} parameters (float32 only)"
+    if any(t.device != param.device for t in (grad, buf, segment_of, used, started, scale)):
+        return "tensors on different devices"
+    return _empty(param) or _served(param)
+
+
 OPS = {
     "relu_dwconv": (relu_dwconv, _relu_dwconv_limits),
     "pool2d": (pool2d, _pool2d_limits),
@@ -318,6 +332,7 @@ OPS = {
     "masked_sample": (masked_sample, _masked_sample_limits),
     "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_limits),
     "bn_node_sum": (bn_node_sum, _bn_node_sum_limits),
+    "masked_sgd": (masked_sgd, _masked_sgd_limits),
 }
 
 
