@@ -115,3 +115,17 @@ def test_a_nat_plus_plus_transformation_is_saved_in_the_searched_family(monkeypa
     assert saved_family.name == family.name == "enas++"
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Genotype(")]
     assert normalize(parse(lines[-1])) == normalize(alpha)
+
+
+def test_the_policy_shipped_for_darts_loads_and_transforms(monkeypatch, tmp_path, capsys):
+    """The package's own darts.pt (natfast/assets/policies/): small, says how it was trained, and
+    `natfast transform --arch DARTS` runs with it and no search first."""
+    shipped = policy_file.shipped_policy_path(get_family("darts"))
+    assert shipped.is_file(), f"natfast ships {shipped}"
+    assert shipped.stat().st_size < 200_000
+    loaded = load_shipped(get_family("darts"))
+    assert "searched 16 epochs" in loaded.description and "CIFAR-10" in loaded.description
+    monkeypatch.chdir(tmp_path)
+    assert main(["transform", "--arch", "DARTS"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Genotype(")]
+    assert normalize(parse(lines[-1])) == normalize(transform_argmax(loaded.policy, get_named("DARTS")[0]))
