@@ -45,6 +45,7 @@ class ArchTable:
                         for _ in range(buffers)]
         self._copied = [None] * buffers   # the CUDA event of each buffer's last copy
         self._next = 0
+        self._flat_index = {id(p): i for i, p in enumerate(flat.params)}
 
     def pack(self, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cells, slots) of `genotype` as CPU int32 tensors of the fixed shapes."""
@@ -82,8 +83,8 @@ class ArchTable:
         return device
 
     def _offsets(self, params: List[torch.Tensor]):
-        index = {id(p): i for i, p in enumerate(self.flat.params)}
-        flat_offsets = self.flat.offsets
+        """position in the executor's parameter list -> offset in the flat buffer (-1 stays -1)."""
+        index, flat_offsets = self._flat_index, self.flat.offsets
 
         def offset(position: int) -> int:
             if position < 0:
