@@ -197,7 +197,7 @@ setup(
     package_data={"natfast": ["assets/*.npz", "assets/*.md", "assets/policies/*"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"draw": ["matplotlib"], "imagenet": ["pillow"], "test": ["pytest", "pytest-benchmark"]},
+    extras_require={"draw": ["matplotlib"], "imagenet": ["pillow>=9.1"], "test": ["pytest", "pytest-benchmark"]},
     entry_points={"console_scripts": ["natfast=natfast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
