@@ -33,8 +33,6 @@ if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's int
 from natfast.benchmarks.timing import median_ms  # noqa: E402
 from natfast.ops import dispatch, gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
-from natfast.ops.mixed import routed_mixed_op  # noqa: E402
-from natfast.ops.node_sum import bn_node_sum  # noqa: E402
 
 DEV = "cuda"
 BACKENDS = ("reference", "triton", "cuda")
@@ -143,17 +141,6 @@ def kernel_cases(batch: int):
     for c, h, groups in [(16, 32, None), (32, 16, (batch // 4,) * 4)]:
         cases.append((f"group_bn C{c} {h}x{h} groups={1 if groups is None else len(groups)}", "group_batch_norm",
                       x(c, h), lambda a, g=groups: group_batch_norm(a, g), 12 * batch * c * h * h))
-    for c, h in [(16, 32), (64, 8)]:
-        def make_mixed(c=c, h=h):
-            routes = torch.arange(batch, device=DEV) % 4
-            return x(c, h)() + [F.one_hot(routes, 4).float(), 3, 1, (batch // 2,) * 2]
-        cases.append((f"routed_mixed one-hot C{c} {h}x{h}", "routed_mixed_op", make_mixed,
-                      lambda a, w, k, s, g: routed_mixed_op(a, w, k, s, g), 8 * batch * c * h * h))
-    for k, c, h, groups in [(2, 16, 32, None), (3, 32, 16, (batch // 4,) * 4)]:
-        # Statistics (torch) read each input once, the fused apply reads them again and writes the node.
-        cases.append((f"bn_node_sum k{k} C{c} {h}x{h} groups={1 if groups is None else len(groups)}", "bn_node_sum",
-                      lambda c=c, h=h, k=k: [t for _ in range(k) for t in x(c, h)()],
-                      lambda *xs, g=groups: bn_node_sum(xs, g), 4 * batch * c * h * h * (2 * k + 1)))
     return cases
 
 

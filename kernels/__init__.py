@@ -9,12 +9,10 @@ plain tensors and sizes; autograd and dispatch live in `natfast/ops/backends/tri
   batchnorm BN without affine, batch statistics per group of samples: forward and backward
   gcn       batched two-layer GCN + linear head of the policy: forward and backward
   sample    masked softmax over allowed transitions, sampling/argmax, log-prob and entropy
-  mixed     routed mixed operation of the parameter-free candidates (pools + BN, skip, null)
-  node_sum  a cell node: sum of its inputs' BN (statistics given) and its ReLU, forward and backward
   optim     masked SGD over flat parameters: updates exactly the parameters a step used
 
 Importing this package imports Triton: set TRITON_INTERPRET=1 *before* importing it to run the
 kernels on CPU tensors in Triton's interpreter (tests).
 """
 
-from . import batchnorm, dwconv, gcn, mixed, node_sum, optim, pool, reduce, sample  # noqa: E402,F401
+from . import batchnorm, dwconv, gcn, optim, pool, reduce, sample  # noqa: E402,F401

@@ -16,7 +16,7 @@ from .ops.backends import load_all
 
 OPS = ("relu_dwconv", "relu_conv2d", "conv1x1", "conv1x1_bn", "cat_conv1x1_bn", "cat_conv1x1_bn_each",
        "factorized_reduce_bn", "relu_conv_bn", "dil_conv_bn", "sep_conv_bn", "group_batch_norm", "pool2d", "pool_bn",
-       "gcn_policy_logits", "masked_sample", "bn_node_sum", "masked_sgd")
+       "gcn_policy_logits", "masked_sample", "masked_sgd")
 
 
 def cpu_name() -> str:

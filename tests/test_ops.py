@@ -4,7 +4,6 @@ import torch
 
 from natfast.genotype import DARTS_PRIMITIVES, ENAS_PRIMITIVES, NATPP_PRIMITIVES
 from natfast.ops import dispatch, make_op
-from natfast.ops.node_sum import bn_node_sum, bn_node_sum_apply, bn_node_sum_apply_reference, group_batch_stats
 from natfast.ops.norm import group_batch_norm
 
 ALL_OPS = sorted(set(DARTS_PRIMITIVES + ENAS_PRIMITIVES + NATPP_PRIMITIVES) - {"null"})
@@ -38,61 +37,6 @@ def test_group_batch_norm_equals_separate_batch_norms():
         torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="do not add up"):
         group_batch_norm(x, (3, 3))
-
-
-def _separate_bn_sum(xs, groups):
-    """The plain composition bn_node_sum fuses: per-group F.batch_norm of each input, summed."""
-    sizes = list(groups) if groups is not None else [xs[0].shape[0]]
-    return sum(torch.cat([torch.nn.functional.batch_norm(p, None, None, training=True) for p in torch.split(x, sizes)])
-               for x in xs)
-
-
-@pytest.mark.parametrize("k,shape,groups", [(1, (3, 2, 5, 3), None), (2, (5, 3, 4, 5), (2, 3)),
-                                            (3, (5, 3, 3, 7), (1, 1, 3)), (2, (1, 4, 3, 5), None),
-                                            (5, (4, 2, 5, 5), (2, 2))])
-@pytest.mark.parametrize("with_relu", [False, True])
-def test_bn_node_sum_reference_equals_separate_batch_norms(k, shape, groups, with_relu):
-    gen = torch.Generator().manual_seed(k)
-    xs = [(torch.randn(*shape, generator=gen) * (i + 1) + 3 * i - 2).requires_grad_() for i in range(k)]
-    xs[0] = xs[0].detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).requires_grad_()  # NHWC memory
-    with dispatch.use_backend("reference"):
-        got = bn_node_sum(xs, groups, with_relu=with_relu)
-    expected = _separate_bn_sum(xs, groups)
-    outs, wanted = (got, (expected, expected.relu())) if with_relu else ((got,), (expected,))
-    dys = [torch.randn(shape, generator=gen) for _ in outs]
-    for a, b in zip(outs, wanted):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    for a, b in zip(torch.autograd.grad(outs, xs, dys), torch.autograd.grad(wanted, xs, dys)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_bn_node_sum_reference_gradcheck():
-    gen = torch.Generator().manual_seed(0)
-    t = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()
-    xs, means, rstds = [t(3, 2, 2, 3), t(3, 2, 2, 3)], [t(2, 2), t(2, 2)], [t(2, 2), t(2, 2)]
-    apply = lambda *a: bn_node_sum_apply_reference(a[:2], a[2:4], a[4:], (1, 2), with_relu=True)
-    assert torch.autograd.gradcheck(apply, (*xs, *means, *rstds))
-    stats = lambda x: group_batch_stats(x, (2, 1))
-    assert torch.autograd.gradcheck(stats, (xs[0],))
-
-
-def test_bn_node_sum_bad_input_is_a_clear_error():
-    x = torch.randn(4, 3, 5, 5)
-    stats = (torch.randn(2, 3),)
-    with pytest.raises(ValueError, match="input 1 has shape"):
-        bn_node_sum([x, torch.randn(4, 3, 5, 4)])
-    with pytest.raises(ValueError, match="do not add up"):
-        bn_node_sum([x, x], (1, 2))
-    with pytest.raises(ValueError, match="at least one input"):
-        bn_node_sum([])
-    with pytest.raises(ValueError, match="more than one value per channel"):
-        bn_node_sum([torch.randn(2, 3, 1, 1)], (1, 1))
-    with pytest.raises(ValueError, match=r"rstds\[0\] has shape \(3,\)"):
-        bn_node_sum_apply([x], stats, (torch.randn(3),), (2, 2))
-    with pytest.raises(ValueError, match=r"means\[0\] has shape \(2, 3\).*expected \(groups, channels\) = \(3, 3\)"):
-        bn_node_sum_apply([x], stats, stats, (1, 1, 2))
-    with pytest.raises(ValueError, match="2 inputs need as many means and rstds"):
-        bn_node_sum_apply([x, x], stats, stats, (2, 2))
 
 
 def test_forced_reference_backend_is_used():

@@ -10,16 +10,13 @@ from .depthwise import relu_dwconv
 from .gcn import gcn_policy_logits
 from .layers import OPERATIONS, make_op
 from .optim import masked_sgd
-from .mixed import routed_mixed_op
-from .node_sum import bn_node_sum, bn_node_sum_apply
 from .norm import group_batch_norm
 from .pointwise import conv1x1
 from .policy_sample import masked_sample
 from .pool import pool2d
 
 __all__ = ["dispatch", "relu_dwconv", "relu_conv2d", "gcn_policy_logits", "conv1x1", "group_batch_norm", "pool2d",
-           "routed_mixed_op", "bn_node_sum", "bn_node_sum_apply", "masked_sample", "masked_sgd", "make_op",
-           "OPERATIONS"]
+           "masked_sample", "masked_sgd", "make_op", "OPERATIONS"]
 
 from .backends import load_all as _load_backends
 

@@ -264,6 +264,6 @@ def _resolve(op: str, device_type: str, *args, **kwargs) -> Tuple[str, Callable]
 
 def call(op: str, *args, **kwargs):
     x = args[0]
-    if isinstance(x, (tuple, list)):  # ops over several tensors (bn_node_sum) take them first, as a sequence
+    if isinstance(x, (tuple, list)):  # ops over several tensors (cat_conv1x1_bn) take them first, as a sequence
         x = x[0]
     return resolve(op, x.device.type, *args, **kwargs)[1](*args, **kwargs)

@@ -28,7 +28,6 @@ SIZE_OF: Dict[str, Callable[..., int]] = {
     "group_batch_norm": lambda x, *args, **kwargs: x.numel(),
     "conv1x1": lambda x, *args, **kwargs: x.numel(),
     "gcn_policy_logits": lambda adj, *args, **kwargs: adj.shape[0],
-    "bn_node_sum": lambda inputs, *args, **kwargs: inputs[0].numel(),
 }
 
 # Measured on an H100 (torch 2.11, Triton 3.6; bench/RESULTS.md, "GPU (H100)"), without the CUDA C++

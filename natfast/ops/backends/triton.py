@@ -230,86 +230,6 @@ def _masked_sample_limits(logits, mask, uniform=None) -> Reason:
     return _empty(logits) or _served(logits)
 
 
-# ----------------------------------------------------------------------------- routed_mixed_op
-class _RoutedMixedOp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weights, skip, kernel, stride, groups, eps):
-        """`skip` None means skip is x itself (its gradient is then folded into x's)."""
-        x, w = x.contiguous(), weights.float().contiguous()
-        skip_c = x if skip is None else skip.contiguous()
-        y, saved = load_kernels().mixed.forward(x, w, kernel, stride, groups, skip_c, eps)
-        ctx.save_for_backward(x, w, skip_c, *saved[:2])
-        ctx.meta = (kernel, stride, groups, skip is None, eps) + saved[2:]
-        ctx.weights_dtype = weights.dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, skip, part, shift = ctx.saved_tensors
-        kernel, stride, groups, skip_is_x, eps, split, chunk = ctx.meta
-        dy = dy.contiguous()
-        dx, dw = load_kernels().mixed.backward(dy, x, w, kernel, stride, groups, skip, skip_is_x, eps,
-                                               (part, shift, split, chunk))
-        d_skip = None if skip_is_x else dy * w[:, 2, None, None, None].to(dy.dtype)
-        return dx, dw.to(ctx.weights_dtype), d_skip, None, None, None, None
-
-
-def routed_mixed_op(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5):
-    groups = tuple(groups) if groups is not None else (x.shape[0],)
-    return _RoutedMixedOp.apply(x, weights, None if skip is x else skip, kernel, stride, groups, eps)
-
-
-def _routed_mixed_op_limits(x, weights, kernel=3, stride=1, groups=None, skip=None, eps=1e-5) -> Reason:
-    """CUDA (or interpreted CPU) floats (N, C, H, W), 3x3 or 5x5 pools."""
-    if x.dim() != 4:
-        return f"a {x.dim()}-D input"
-    if kernel not in (3, 5):
-        return f"a {kernel}x{kernel} filter (3x3 and 5x5 only)"
-    if weights.device != x.device:
-        return "tensors on different devices"
-    return _empty(x) or _served(weights) or _served(x) or (None if skip is None else _served(x, skip))
-
-
-# ----------------------------------------------------------------------------- bn_node_sum
-class _BNNodeSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, groups, with_relu, *tensors):
-        """`tensors`: the k inputs, then their k means, then their k rstds."""
-        k = len(tensors) // 3
-        xs, means, rstds = ([t.contiguous() for t in tensors[i * k:(i + 1) * k]] for i in range(3))
-        out, relu_out = load_kernels().node_sum.forward(xs, means, rstds, groups, with_relu)
-        ctx.save_for_backward(*xs, *means, *rstds, *((out,) if with_relu else ()))
-        ctx.meta = (k, groups, with_relu)
-        ctx.set_materialize_grads(False)  # an unused output (often relu_out) costs no zero tensor
-        return (out, relu_out) if with_relu else out
-
-    @staticmethod
-    def backward(ctx, d_out, d_relu=None):
-        k, groups, with_relu = ctx.meta
-        saved = ctx.saved_tensors
-        if d_out is None and d_relu is None:
-            return (None,) * (2 + 3 * k)
-        dxs, d_means, d_rstds = load_kernels().node_sum.backward(
-            None if d_out is None else d_out.contiguous(), None if d_relu is None else d_relu.contiguous(),
-            saved[3 * k] if with_relu else None, saved[:k], saved[k:2 * k], saved[2 * k:3 * k], groups)
-        return (None, None, *dxs, *d_means, *d_rstds)
-
-
-def bn_node_sum(inputs, means, rstds, groups=None, with_relu=False):
-    groups = tuple(groups) if groups is not None else (inputs[0].shape[0],)
-    return _BNNodeSum.apply(groups, with_relu, *inputs, *means, *rstds)
-
-
-def _bn_node_sum_limits(inputs, means, rstds, groups=None, with_relu=False) -> Reason:
-    """CUDA (or interpreted CPU) floats (N, C, H, W), inputs and statistics of one dtype."""
-    tensors = (*inputs, *means, *rstds)
-    if inputs[0].dim() != 4:
-        return f"a {inputs[0].dim()}-D input"
-    if any(t.dtype != inputs[0].dtype for t in tensors):
-        return "inputs and statistics of different dtypes"
-    return _empty(inputs[0]) or _served(*tensors)
-
-
 # ----------------------------------------------------------------------------- masked_sgd
 def masked_sgd(param, grad, buf, segment_of, used, started, scale, lr, momentum, weight_decay):
     load_kernels().optim.masked_sgd(param, grad, buf, segment_of, used, started, scale, lr, momentum, weight_decay)
@@ -330,8 +250,6 @@ OPS = {
     "group_batch_norm": (group_batch_norm, _group_batch_norm_limits),
     "gcn_policy_logits": (gcn_policy_logits, _gcn_limits),
     "masked_sample": (masked_sample, _masked_sample_limits),
-    "routed_mixed_op": (routed_mixed_op, _routed_mixed_op_limits),
-    "bn_node_sum": (bn_node_sum, _bn_node_sum_limits),
     "masked_sgd": (masked_sgd, _masked_sgd_limits),
 }
 
@@ -347,7 +265,7 @@ def register() -> str:
         load_kernels()
     except Exception as exc:  # a missing or incompatible Triton must never break `import natfast`
         return f"inactive: the Triton kernels could not be loaded ({type(exc).__name__}: {exc})"
-    from .. import mixed, node_sum, policy_sample  # noqa: F401  (they register the references of their ops)
+    from .. import policy_sample  # noqa: F401  (it registers the reference of its op)
 
     for op, (fn, limits) in OPS.items():
         dispatch.register(op, "triton", fn, limits)
