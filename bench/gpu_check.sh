@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-call GPU check (< 8 minutes on an H100): build natfast with CUDA, run the CUDA and Triton
+# One-call GPU check (< 8 minutes on an H100; give it DEADLINE=540 when the graph stage runs): build natfast with CUDA, run the CUDA and Triton
 # tests on the GPU, run the GPU benchmarks, write everything under $OUT (else ./gpu_results) and
 # print a short table last. Stages run most important first; each is cut off so the whole script
 # ends by DEADLINE seconds, and a stage that would start too late is skipped (and says so).
@@ -36,6 +36,12 @@ else
 fi
 "$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 
+stage "graph engine: capture, equivalence, timing against eager and the floor, profile (log: $RESULTS/graph.log)"
+# First after the build (issue 23): the number that decides the GPU engine.
+run_for 360 "$PYTHON" bench/gpu_graph_check.py --out "$RESULTS/graph.json" >"$RESULTS/graph.log" 2>&1
+graph_rc=$?
+[ $graph_rc -eq 0 ] || tail -n 30 "$RESULTS/graph.log"
+
 stage "tests: pytest -m 'cuda or triton' (log: $RESULTS/pytest.log)"
 # Several workers compile Triton kernels in parallel (pytest-xdist, when installed).
 workers=$("$PYTHON" -c "import xdist" 2>/dev/null && echo "-n 8")
@@ -61,5 +67,6 @@ cat "$RESULTS/steps.json" "$RESULTS/derive.json" "$RESULTS/executor.json" 2>/dev
 grep -E "^(relu_dwconv|pool2d|group_batch_norm|gcn_policy_logits|measuring|TABLE|skipped)" "$RESULTS/natfast_bench.log"
 
 stage "done"
-echo "build: $build | tests (rc $tests_rc): $tests_summary | bench rc $bench_rc"
+echo "build: $build | graph rc $graph_rc | tests (rc $tests_rc): $tests_summary | bench rc $bench_rc"
+grep "^GRAPH:" "$RESULTS/graph.log"
 sed -n '/^GPU check:/,$p' "$RESULTS/bench.log"

@@ -90,6 +90,30 @@ class MaskedSGD:
         masked_sgd(self.flat.data, self.flat.grad, self.buf, self.flat.segment_of, used, self.started, self.lr,
                    self.momentum, self.weight_decay, self.max_norm)
 
+    def store_torch_state(self, params: Sequence[torch.Tensor], optimizer: torch.optim.SGD) -> None:
+        """Write the momentum buffers into `optimizer` (a torch.optim.SGD over `params`, the same
+        parameters) as its own state, so a checkpoint of it resumes under either engine."""
+        started = self.started.tolist()
+        for p, buf in zip(self._ordered(params), self.momentum_buffers()):
+            if started[self.flat._index[id(p)]]:
+                optimizer.state[p]["momentum_buffer"] = buf.clone()
+            else:
+                optimizer.state.pop(p, None)
+
+    def load_torch_state(self, params: Sequence[torch.Tensor], optimizer: torch.optim.SGD) -> None:
+        """Take the momentum buffers from `optimizer`'s state (after its load_state_dict)."""
+        buffers = self.momentum_buffers()
+        for p in self._ordered(params):
+            i = self.flat._index[id(p)]
+            state = optimizer.state.get(p, {}).get("momentum_buffer")
+            self.started[i] = int(state is not None)
+            buffers[i].copy_(state if state is not None else torch.zeros_like(buffers[i]))
+
+    def _ordered(self, params: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        if [id(p) for p in params] != [id(p) for p in self.flat.params]:
+            raise ValueError("the optimiser's parameters are not the flat parameters, in order")
+        return list(params)
+
     def momentum_buffers(self) -> List[torch.Tensor]:
         """Each parameter's momentum buffer (a view), zeros where it has none yet."""
         return [self.buf[s:s + n].view_as(p) for p, s, n in zip(self.flat.params, self.flat.offsets, self.flat.sizes)]

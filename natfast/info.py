@@ -74,6 +74,7 @@ def collect() -> Dict[str, Any]:
         "backends": dict(status),
         "forced_backend": os.environ.get("NATFAST_BACKEND", "auto"),
         "executor": _executor_status(),
+        "graph_engine": _graph_engine_status(),
         "missing_fast_paths": missing_fast_paths(),
         "lane_workers": lane_workers.describe(),
         "dispatch": {op: {dev: _chosen(op, dev) for dev in (["cpu", "cuda"] if gpu else ["cpu"])} for op in OPS},
@@ -122,6 +123,17 @@ def _executor_status() -> str:
     return f"available (--executor): on a CPU it runs {kernels}, on a GPU ATen's ops"
 
 
+def _graph_engine_status() -> str:
+    from .graph import engine as graph
+    places = []
+    for device in (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]:
+        why = graph.available(torch.device(device))
+        runs = "runs" if device == "cuda" else "runs in Triton's interpreter (slow: tests)"
+        places.append(f"{device}: " + (runs if why is None else f"no ({why})"))
+    auto = "graph on CUDA" if graph.VALIDATED_ON_GPU else "eager (the graph engine has not yet passed the GPU check)"
+    return f"--engine graph: {'; '.join(places)}; --engine auto: {auto}"
+
+
 def _chosen(op: str, device_type: str) -> str:
     """The backend that would run `op` on this device (ignoring shape-specific declines)."""
     wanted = dispatch.forced_backend(op)
@@ -160,6 +172,7 @@ def format_text(info: Dict[str, Any]) -> str:
              f"extension: {info['extension']}"]
     lines += [f"backend {name:7s} {text}" for name, text in info["backends"].items()]
     lines.append(f"executor: {info['executor']}")
+    lines.append(f"graph engine: {info['graph_engine']}")
     for path, why in info["missing_fast_paths"].items():
         lines.append(f"MISSING fast path {path}: {why}")
     lines.append(f"CPU scoring lane workers: {info['lane_workers']}")

@@ -157,13 +157,27 @@ class Searcher:
         params = self.policy_params = list(self.policy.parameters())
         self.policy_optimizer = (torch.optim.Adam(params, cfg.policy_lr, betas=tuple(cfg.policy_betas),
                                                   weight_decay=cfg.policy_weight_decay) if params else None)
+        self.graph = self._graph_engine()
         self.baseline = 0.0
         self.position = Position()
         self.snapshots = TransformSnapshots(cfg, self.family, log) if cfg.show_every else None
 
+    def _graph_engine(self):
+        """The graph engine when cfg.engine asks for it (natfast/graph/), else None (eager steps)."""
+        from .graph import engine as graph
+        cfg = self.cfg
+        if not graph.chosen(cfg.engine, self.device, self.supernet):
+            return None
+        if self.ranks.world > 1:
+            raise ValueError("--engine graph runs in one process; under torchrun use --engine eager")
+        return graph.GraphEngine(self.supernet, cfg.w_lr, cfg.w_momentum, cfg.w_weight_decay, cfg.grad_clip)
+
     # ------------------------------------------------------------------ one step of each kind
     def update_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
         beta = sample_genotype(self.family, gen)
+        if self.graph is not None:
+            loss, acc = self.graph.step(x, y, beta)
+            return {"loss": loss.item(), "acc": acc.item()}
         if not self.supernet.training:  # train() walks every module: only when it changes
             self.supernet.train()
         logits = self.w_logits(x, beta)
@@ -283,6 +297,8 @@ class Searcher:
         update = self.update_w if pos.phase == "w" else self.update_theta
         for g in self.w_optimizer.param_groups:
             g["lr"] = self.w_lr(pos.epoch)
+        if self.graph is not None:
+            self.graph.set_lr(self.w_lr(pos.epoch))
         record: Dict[str, float] = {}
         summary = PhaseSummary(pos.epoch, pos.phase)
         for x, y in loader.epoch(pos.epoch, pos.batch):
@@ -332,7 +348,7 @@ class Searcher:
             "primitives": list(self.family.primitives),
             "supernet": self.supernet.state_dict(),
             "policy": self.policy.state_dict(),
-            "w_optimizer": self.w_optimizer.state_dict(),
+            "w_optimizer": self._w_optimizer_state(),
             "policy_optimizer": self.policy_optimizer.state_dict() if self.policy_optimizer else {},
             "baseline": self.baseline,
             "position": dict(vars(self.position)),
@@ -345,10 +361,18 @@ class Searcher:
         self.supernet.load_state_dict(state["supernet"])
         self.policy.load_state_dict(state["policy"])
         self.w_optimizer.load_state_dict(state["w_optimizer"])
+        if self.graph is not None:
+            self.graph.sgd.load_torch_state(self.w_params, self.w_optimizer)
         if self.policy_optimizer is not None:
             self.policy_optimizer.load_state_dict(state["policy_optimizer"])
         self.baseline = float(state["baseline"])
         self.position = Position(**state["position"])
+
+    def _w_optimizer_state(self) -> dict:
+        """torch.optim.SGD's state dict whichever engine ran: checkpoints resume under either."""
+        if self.graph is not None:
+            self.graph.sgd.store_torch_state(self.w_params, self.w_optimizer)
+        return self.w_optimizer.state_dict()
 
     def save(self, path: str) -> None:
         # Every process holds the same parameters: all of them stop here if they are not finite.

@@ -22,6 +22,8 @@ COMMANDS = {
                    "alternatives (also bench/cpu_scoring_ab.py)",
     "factorized-reduce": "FactorizedReduce's two fused halves against the unfused way (also "
                          "bench/factorized_reduce.py)",
+    "capture": "whether the graph engine's update_w is one launch sequence for every genotype (launches, "
+               "host syncs, allocations, error against eager PyTorch; natfast/graph/)",
     "lanes": "how many architectures to run through the cells together on a CPU (also bench/lanes_sweep.py)",
 }
 

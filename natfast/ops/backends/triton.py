@@ -49,6 +49,11 @@ def load_kernels() -> ModuleType:
     return _kernels
 
 
+def interpreting() -> bool:
+    """Whether the kernels run in Triton's CPU interpreter (NATFAST_TRITON_INTERPRET=1)."""
+    return _interpret
+
+
 def _served(*tensors: torch.Tensor) -> Reason:
     """All on one device this backend runs on, in a float type the kernels accumulate in fp32."""
     first = tensors[0]

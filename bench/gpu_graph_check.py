@@ -1,0 +1,168 @@
+"""The graph engine on a GPU, in one run (bench/gpu_check.sh's first stage; issue 23's GPU contract).
+
+1. equivalence: the captured update_w (graph replay) against eager PyTorch from the same state, on
+   5 genotypes, TF32 off: relative errors of logits, loss, gradients, parameters, momentum;
+2. timing, same weights and batches: eager update_w (reference ops) over 10 genotypes; the floor (a
+   standalone network of one genotype, its whole step captured as a CUDA graph); the graph engine
+   over 50 fresh genotypes, per step host wall time including the table write, the batch copy, the
+   replay and the loss read (median and p90);
+3. a profile of 3 replays: kernels per replay, device time per kernel, share of launches under
+   3 us (programs that exit early), and peak memory.
+
+    python bench/gpu_graph_check.py --out graph.json [--batch 64 --channels 20 --layers 8]
+Prints a `GRAPH:` summary line last. Needs CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from natfast.genotype import get_family  # noqa: E402
+from natfast.graph.check import EagerTwin, step_against_eager  # noqa: E402
+from natfast.graph.engine import GraphEngine  # noqa: E402
+from natfast.network import Network  # noqa: E402
+from natfast.sampler import sample_genotype  # noqa: E402
+from natfast.supernet import Supernet  # noqa: E402
+
+_STARTED = time.perf_counter()
+
+
+def progress(what: str) -> None:
+    print(f"gpu_graph_check [{time.perf_counter() - _STARTED:5.0f} s] {what}", file=sys.stderr, flush=True)
+
+
+def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def floor_ms(genotype, family, x, y, channels: int, layers: int) -> float:
+    """A standalone network of `genotype`, its whole training step captured and replayed."""
+    net = Network(genotype, family, channels=channels, layers=layers).cuda()
+    params = list(net.parameters())
+    opt = torch.optim.SGD(params, 0.025, momentum=0.9, weight_decay=3e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        F.cross_entropy(net(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return cuda_ms(graph.replay)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="graph_check.json")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--channels", type=int, default=20)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--fresh", type=int, default=50, help="fresh genotypes timed on the graph engine")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_graph_check needs CUDA")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    family = get_family("darts")
+    torch.manual_seed(0)
+    net = Supernet(family, args.channels, args.layers).cuda()
+    engine = GraphEngine(net, lr=0.025, momentum=0.9, weight_decay=3e-4, max_norm=5.0)
+    twin = EagerTwin(engine)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=gen).cuda()
+    y = torch.randint(0, 10, (args.batch,), generator=gen).cuda()
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
+              "channels": args.channels, "layers": args.layers, "tf32": False}
+
+    progress("capture + equivalence on 5 genotypes")
+    t = time.perf_counter()
+    errors = [step_against_eager(twin, x, y, sample_genotype(family, gen)) for _ in range(5)]
+    result["first_capture_and_checks_s"] = round(time.perf_counter() - t, 1)
+    result["max_rel_error"] = {k: max(e[k] for e in errors) for k in errors[0] if k != "unused_bitwise_unchanged"}
+    result["unused_bitwise_unchanged"] = all(e["unused_bitwise_unchanged"] for e in errors)
+
+    progress("eager update_w over 10 genotypes")
+    archs = [sample_genotype(family, gen) for _ in range(10)]
+    for g in archs[:2]:
+        twin.step(x, y, g)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for g in archs:
+        twin.step(x, y, g)
+    torch.cuda.synchronize()
+    result["eager_ms"] = round((time.perf_counter() - t) * 1e3 / len(archs), 3)
+
+    progress("fixed-network CUDA-graph floor")
+    result["floor_ms"] = round(floor_ms(archs[0], family, x, y, args.channels, args.layers), 3)
+
+    progress(f"graph engine over {args.fresh} fresh genotypes")
+    fresh = [sample_genotype(family, gen) for _ in range(args.fresh)]
+    for g in fresh[:3]:
+        engine.step(x, y, g)[0].item()
+    times = []
+    for g in fresh:
+        t = time.perf_counter()
+        loss, _ = engine.step(x, y, g)
+        loss.item()
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    result["graph_median_ms"] = round(statistics.median(times), 3)
+    result["graph_p90_ms"] = round(times[int(0.9 * (len(times) - 1))], 3)
+    result["graph_over_floor"] = round(result["graph_median_ms"] / result["floor_ms"], 2)
+    result["eager_over_graph"] = round(result["eager_ms"] / result["graph_median_ms"], 2)
+
+    progress("profile of 3 replays")
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for g in fresh[:3]:
+            engine.step(x, y, g)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA" and "memcpy" not in e.name.lower()]
+    per_kernel = {}
+    for e in kernels:
+        total, count = per_kernel.get(e.name, (0.0, 0))
+        per_kernel[e.name] = (total + e.device_time, count + 1)
+    result["kernels_per_replay"] = round(len(kernels) / 3, 1)
+    result["short_launch_share"] = round(sum(1 for e in kernels if e.device_time < 3.0) / max(len(kernels), 1), 3)
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:15]
+    result["device_us_per_replay_by_kernel"] = {name[:80]: round(total / 3, 1) for name, (total, _) in top}
+    result["device_ms_per_replay"] = round(sum(e.device_time for e in kernels) / 3e3, 3)
+    result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"GRAPH: eager {result['eager_ms']} ms | floor {result['floor_ms']} ms | graph median "
+          f"{result['graph_median_ms']} ms p90 {result['graph_p90_ms']} ms | graph/floor {result['graph_over_floor']} | "
+          f"eager/graph {result['eager_over_graph']} | kernels/replay {result['kernels_per_replay']} | "
+          f"max rel err {max(result['max_rel_error'].values()):.2e} | peak {result['peak_memory_gib']} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A sampled architecture as a fixed-shape int32 table, for engines whose launch sequence must not
+depend on the genotype (natfast/graph/).
+
+Row `2 * (t - 2) + i` of a cell's block is the i-th edge into node t, always: the position of a slot
+never depends on the genotype, so a kernel launched for node t reads rows 2(t-2) and 2(t-2)+1.
+A row says what the slot computes; everything is taken from the cell plan (natfast/cell_plan.py),
+which decides liveness, known zeros and strides: a slot the plan does not compute has kind null.
+
+    kind      natfast.cell_plan.KINDS index (0 null, 1 skip, 2 max_pool, 3 avg_pool, 4 sep_conv,
+              5 dil_conv, 6 conv); skip at stride 2 is FactorizedReduce
+    kernel, dilation, source, stride
+    w0..w3    offsets in the flat parameter buffer of the op's weight tensors, in its module's
+              parameter order (sep_conv: first depthwise, first pointwise, second depthwise,
+              second pointwise; dil_conv: depthwise, pointwise; conv: weight; FactorizedReduce:
+              conv_a, conv_b); -1 where the op has fewer
+
+A slot repeating its node's other slot (same op, same input) has the same offsets: engines compute
+both, which equals the supernet's computing once and summing twice.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..cell_plan import KINDS, edge_key, plan_network
+from ..genotype import Genotype, normalize
+
+SLOT_FIELDS = ("kind", "kernel", "dilation", "source", "stride", "w0", "w1", "w2", "w3")
+KIND = {name: i for i, name in enumerate(KINDS)}
+MAX_WEIGHTS = 4
+
+
+def check_two_edges_per_node(genotype: Genotype, nodes: int) -> None:
+    for cell, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+        targets = [t for _, _, t in edges]
+        if targets != [t for t in range(2, nodes + 2) for _ in range(2)]:
+            raise ValueError(f"the graph engine needs two edges into each of nodes 2..{nodes + 1}, in order; "
+                             f"the {cell} cell has targets {targets}")
+
+
+def pack_slots(supernet, genotype: Genotype, offset_of: Dict[int, int]) -> torch.Tensor:
+    """(layers, 2 * nodes, len(SLOT_FIELDS)) int32 on the CPU. `offset_of` maps id(parameter) to its
+    offset in the flat buffer (natfast.flat_params.FlatParameters)."""
+    genotype = normalize(genotype)
+    nodes = supernet.family.num_nodes
+    check_two_edges_per_node(genotype, nodes)
+    network = plan_network(genotype, supernet.family, supernet.layers)
+    rows = torch.full((supernet.layers, 2 * nodes, len(SLOT_FIELDS)), -1, dtype=torch.int32)
+    rows[:, :, 0] = KIND["null"]
+    for layer, run in enumerate(network.cells):
+        cell = supernet.cells[layer]
+        for slot in run.computed:
+            spec = slot.spec
+            params = list(cell.edges[edge_key(slot.source, slot.target)][slot.op].parameters())
+            offsets = [offset_of[id(p)] for p in params]
+            rows[layer, slot.index] = torch.tensor(
+                [KIND[spec.kind], spec.kernel, spec.dilation, slot.source, slot.stride]
+                + offsets + [-1] * (MAX_WEIGHTS - len(offsets)), dtype=torch.int32)
+    return rows
+
+
+class SlotTable:
+    """This step's slot table and used-parameter flags in fixed device buffers (a captured step
+    reads them at fixed addresses). The host packs into one of two pinned buffers, alternating, and
+    copies without blocking on the step's stream: the copy runs after the previous step (which
+    read the device buffers) and the host never waits for it, nor overwrites a pinned buffer whose
+    copy may still be pending (it waits on that copy's event, two steps old)."""
+
+    def __init__(self, supernet, flat, device: torch.device, buffers: int = 2):
+        self.supernet, self.flat = supernet, flat
+        self.offset_of = {id(p): o for p, o in zip(flat.params, flat.offsets)}
+        shape = (supernet.layers, 2 * supernet.family.num_nodes, len(SLOT_FIELDS))
+        device = torch.device(device)
+        pin = device.type == "cuda"
+        self._host = [(torch.empty(shape, dtype=torch.int32, pin_memory=pin),
+                       torch.empty(len(flat.params), dtype=torch.uint8, pin_memory=pin)) for _ in range(buffers)]
+        self.slots = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.used = torch.zeros(len(flat.params), dtype=torch.uint8, device=device)
+        self._copied: List = [None] * buffers
+        self._next = 0
+
+    def pack(self, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(slots, used) on the CPU."""
+        return _cached_pack(self, normalize(genotype))
+
+    def write(self, genotype: Genotype) -> None:
+        i, self._next = self._next, (self._next + 1) % len(self._host)
+        if self._copied[i] is not None:
+            self._copied[i].synchronize()
+        slots, used = self.pack(genotype)
+        host_slots, host_used = self._host[i]
+        host_slots.copy_(slots)
+        host_used.copy_(used)
+        self.slots.copy_(host_slots, non_blocking=True)
+        self.used.copy_(host_used, non_blocking=True)
+        if self.slots.is_cuda:
+            self._copied[i] = torch.cuda.Event()
+            self._copied[i].record()
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_pack(table: SlotTable, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor]:
+    from ..executor import parameters_read   # the executor imports the supernet; keep this module light
+    used = torch.zeros(len(table.flat.params), dtype=torch.uint8)
+    index = {id(p): i for i, p in enumerate(table.flat.params)}
+    for p in parameters_read(table.supernet, genotype):
+        used[index[id(p)]] = 1
+    return pack_slots(table.supernet, genotype, table.offset_of), used
+
+

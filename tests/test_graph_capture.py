@@ -1,0 +1,31 @@
+"""Issue 23's capturability contract, proved without a GPU (natfast/graph/recording.py): the graph
+engine's update_w issues the same Triton launches (kernel, grid, constexprs, buffer addresses) and
+the same ATen ops for every genotype, with no host read, no data-dependent shape, no copy between
+devices and no allocation after the first step; at the search size it stays under 600 launches."""
+import pytest
+
+from natfast.benchmarks import capture
+
+pytestmark = pytest.mark.triton
+
+
+def test_the_search_size_step_is_one_sequence_of_at_most_600_launches():
+    """C = 20, 8 cells, batch 64 at 32x32: launches recorded without running the kernels (their
+    sequence cannot depend on values the kernels compute, which the next test checks by running them)."""
+    r = capture.measure(channels=20, layers=8, batch=64, image=32, genotypes=10, checks=0, count_only=True,
+                        device=capture.torch.device("cpu"))
+    assert r["identical_across_genotypes"], r
+    assert r["launches_per_step"] <= 600, r
+    assert r["host_syncs"] == 0 and r["data_dependent_shapes"] == 0 and r["device_copies"] == 0, r
+    assert r["allocations_after_warmup"] == 0, r
+
+
+@pytest.mark.slow
+def test_the_small_step_run_in_the_interpreter_is_one_sequence_and_equals_eager():
+    r = capture.measure(channels=8, layers=5, batch=8, image=16, genotypes=10, checks=3, count_only=False,
+                        device=capture.torch.device("cpu"))
+    assert r["identical_across_genotypes"], r
+    assert r["host_syncs"] == 0 and r["data_dependent_shapes"] == 0 and r["device_copies"] == 0, r
+    assert r["allocations_after_warmup"] == 0, r
+    assert r["unused_bitwise_unchanged"], r
+    assert r["max_rel_error_vs_reference"] < 2e-4, r
