@@ -10,12 +10,14 @@
    3 us (programs that exit early), and peak memory.
 
     python bench/gpu_graph_check.py --out graph.json [--batch 64 --channels 20 --layers 8]
-Prints a `GRAPH:` summary line last. Needs CUDA.
+Prints a `GRAPH:` summary line last. Needs CUDA; `--smoke` runs the same code at a tiny size on the
+CPU (Triton's interpreter; no capture, floor or profile there): it checks the script, not the GPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +27,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+SMOKE = "--smoke" in sys.argv
+if SMOKE:  # before natfast registers its backends: the interpreter serves CPU tensors
+    os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from natfast.genotype import get_family  # noqa: E402
 from natfast.graph.check import EagerTwin, step_against_eager  # noqa: E402
@@ -38,6 +44,11 @@ _STARTED = time.perf_counter()
 
 def progress(what: str) -> None:
     print(f"gpu_graph_check [{time.perf_counter() - _STARTED:5.0f} s] {what}", file=sys.stderr, flush=True)
+
+
+def sync() -> None:
+    if not SMOKE:
+        torch.cuda.synchronize()
 
 
 def cuda_ms(fn, iters: int = 20, warmup: int = 3) -> float:
@@ -85,25 +96,31 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=20)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--fresh", type=int, default=50, help="fresh genotypes timed on the graph engine")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (Triton interpreter): checks the script")
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_graph_check needs CUDA")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    if args.smoke:
+        args.batch, args.channels, args.layers, args.fresh, image, checks, device = 4, 4, 3, 3, 16, 1, "cpu"
+    elif not torch.cuda.is_available():
+        sys.exit("gpu_graph_check needs CUDA (--smoke: a tiny run on the CPU)")
+    else:
+        image, checks, device = 32, 5, "cuda"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     family = get_family("darts")
     torch.manual_seed(0)
-    net = Supernet(family, args.channels, args.layers).cuda()
+    net = Supernet(family, args.channels, args.layers).to(device)
     engine = GraphEngine(net, lr=0.025, momentum=0.9, weight_decay=3e-4, max_norm=5.0)
     twin = EagerTwin(engine)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, 32, 32, generator=gen).cuda()
-    y = torch.randint(0, 10, (args.batch,), generator=gen).cuda()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
-              "channels": args.channels, "layers": args.layers, "tf32": False}
+    x = torch.randn(args.batch, 3, image, image, generator=gen).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)", "torch": torch.__version__,
+              "batch": args.batch, "channels": args.channels, "layers": args.layers, "tf32": False,
+              "captured": engine.capture}
 
-    progress("capture + equivalence on 5 genotypes")
+    progress(f"capture + equivalence on {checks} genotypes")
     t = time.perf_counter()
-    errors = [step_against_eager(twin, x, y, sample_genotype(family, gen)) for _ in range(5)]
+    errors = [step_against_eager(twin, x, y, sample_genotype(family, gen)) for _ in range(checks)]
     result["first_capture_and_checks_s"] = round(time.perf_counter() - t, 1)
     result["max_rel_error"] = {k: max(e[k] for e in errors) for k in errors[0] if k != "unused_bitwise_unchanged"}
     result["unused_bitwise_unchanged"] = all(e["unused_bitwise_unchanged"] for e in errors)
@@ -112,15 +129,16 @@ def main() -> None:
     archs = [sample_genotype(family, gen) for _ in range(10)]
     for g in archs[:2]:
         twin.step(x, y, g)
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for g in archs:
         twin.step(x, y, g)
-    torch.cuda.synchronize()
+    sync()
     result["eager_ms"] = round((time.perf_counter() - t) * 1e3 / len(archs), 3)
 
-    progress("fixed-network CUDA-graph floor")
-    result["floor_ms"] = round(floor_ms(archs[0], family, x, y, args.channels, args.layers), 3)
+    if not SMOKE:
+        progress("fixed-network CUDA-graph floor")
+        result["floor_ms"] = round(floor_ms(archs[0], family, x, y, args.channels, args.layers), 3)
 
     progress(f"graph engine over {args.fresh} fresh genotypes")
     fresh = [sample_genotype(family, gen) for _ in range(args.fresh)]
@@ -135,8 +153,14 @@ def main() -> None:
     times.sort()
     result["graph_median_ms"] = round(statistics.median(times), 3)
     result["graph_p90_ms"] = round(times[int(0.9 * (len(times) - 1))], 3)
-    result["graph_over_floor"] = round(result["graph_median_ms"] / result["floor_ms"], 2)
     result["eager_over_graph"] = round(result["eager_ms"] / result["graph_median_ms"], 2)
+    if SMOKE:
+        print(json.dumps(result, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"GRAPH (smoke, CPU interpreter: not GPU numbers): max rel err "
+              f"{max(result['max_rel_error'].values()):.2e}")
+        return
+    result["graph_over_floor"] = round(result["graph_median_ms"] / result["floor_ms"], 2)
 
     progress("profile of 3 replays")
     from torch.profiler import ProfilerActivity, profile

@@ -88,7 +88,7 @@ class SearchConfig:
                                 "(no per-op Python dispatch; natfast's C++ kernels on a CPU, ATen's on a "
                                 "GPU) when the extension has it")
     engine: str = opt("auto", "update_w engine: graph (one launch sequence for every architecture, captured as "
-                              "one CUDA graph on a GPU; DARTS family, also with NAT++ ops; natfast/graph/), eager (per-op), auto "
+                              "one CUDA graph on a GPU; natfast/graph/), eager (per-op), auto "
                               "(eager until the graph engine has passed the GPU check)",
                       choices=("auto", "graph", "eager"))
     train_limit: int = opt(0, "use at most this many training images (0: all)", low=0)

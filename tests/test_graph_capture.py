@@ -29,3 +29,22 @@ def test_the_small_step_run_in_the_interpreter_is_one_sequence_and_equals_eager(
     assert r["allocations_after_warmup"] == 0, r
     assert r["unused_bitwise_unchanged"], r
     assert r["max_rel_error_vs_reference"] < 2e-4, r
+
+
+@pytest.mark.slow
+def test_the_gpu_stage_script_runs_in_smoke_mode(tmp_path):
+    """bench/gpu_graph_check.py (the GPU check's graph stage) at a tiny size on the CPU: the script
+    works end to end before a GPU run spends its minutes on it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "graph.json"
+    run = subprocess.run([sys.executable, "bench/gpu_graph_check.py", "--smoke", "--out", str(out)], cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["unused_bitwise_unchanged"] and max(result["max_rel_error"].values()) < 2e-4, result
+    assert result["graph_median_ms"] > 0 and result["eager_ms"] > 0, result

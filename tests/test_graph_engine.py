@@ -16,6 +16,7 @@ from natfast.supernet import Supernet
 
 DARTS = get_family("darts")
 DARTS_PP = get_family("darts++")   # NAT++'s op set: conv 1x1 / 5x5 and 5x5 pools too
+ENAS = get_family("enas")          # 5 nodes; the cell output is the loose ends
 # Relative to each tensor's largest entry: float32 sums in another order (BN over a batch of 8 at
 # 4x4 pixels amplifies rounding the most).
 TOLERANCE = {"logits": 1e-5, "loss": 1e-5, "grad": 2e-4, "param": 2e-5, "momentum": 2e-4}
@@ -29,16 +30,16 @@ def make_engine(backend: str, seed: int = 0, layers: int = 5, channels: int = 8,
 
 
 def check_steps(backend: str, seeds, family=DARTS) -> None:
-    ops = family.primitives
+    ops, nodes = family.primitives, family.num_nodes
     engine = make_engine(backend, family=family)
     twin = EagerTwin(engine)
     gen = torch.Generator().manual_seed(1)
     # A first eager step gives some parameters momentum (the next genotypes use others too).
     twin.step(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen),
-              random_genotype(999, ops))
+              random_genotype(999, ops, nodes))
     for seed in seeds:
         x, y = torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
-        errors = step_against_eager(twin, x, y, random_genotype(seed, ops))
+        errors = step_against_eager(twin, x, y, random_genotype(seed, ops, nodes))
         assert errors.pop("unused_bitwise_unchanged"), f"genotype {seed}: an unused parameter changed"
         bad = {k: v for k, v in errors.items() if v > TOLERANCE[k]}
         assert not bad, f"genotype {seed}: relative errors {bad} above {TOLERANCE}"
@@ -95,6 +96,22 @@ def test_reference_cell_step_equals_eager_pytorch_natpp_ops():
     check_steps("reference", range(8), DARTS_PP)
 
 
+def test_reference_cell_step_equals_eager_pytorch_enas_loose_ends():
+    check_steps("reference", range(8), ENAS)
+
+
+def test_a_darts_genotype_with_a_partial_concat():
+    """Nodes left out of the concat still feed other nodes, but not the cell output."""
+    g = random_genotype(3)
+    g = g._replace(normal_concat=[2, 4], reduce_concat=[5, 3])
+    engine = make_engine("reference")
+    twin = EagerTwin(engine)
+    gen = torch.Generator().manual_seed(5)
+    errors = step_against_eager(twin, torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen), g)
+    assert errors.pop("unused_bitwise_unchanged")
+    assert all(v <= TOLERANCE[k] for k, v in errors.items()), errors
+
+
 @pytest.mark.triton
 @pytest.mark.slow
 def test_triton_cell_step_equals_eager_pytorch():
@@ -109,15 +126,23 @@ def test_triton_cell_step_equals_eager_pytorch_natpp_ops():
     check_steps("triton", range(6), DARTS_PP)
 
 
+@pytest.mark.triton
+@pytest.mark.slow
+def test_triton_cell_step_equals_eager_pytorch_enas_loose_ends():
+    check_steps("triton", range(6), ENAS)
+
+
 def test_engine_choice_and_clear_errors():
     engine = make_engine("reference")
     assert not graph.chosen("eager", torch.device("cpu"), engine.supernet)
     assert not graph.chosen("auto", torch.device("cpu"), engine.supernet)    # only on a GPU, once validated
     with pytest.raises(ValueError, match="engine must be"):
         graph.chosen("fast", torch.device("cpu"), engine.supernet)
-    enas = Supernet(get_family("enas"), channels=4, layers=3)
-    with pytest.raises(ValueError, match="eager"):
-        graph.chosen("graph", torch.device("cpu"), enas)
+    kinds = tuple(k for k in graph.SUPPORTED_KINDS if k != "conv")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(graph, "SUPPORTED_KINDS", kinds)   # an op kind without kernels (conv_3x3 is a DARTS op)
+        with pytest.raises(ValueError, match="no kernels for conv_3x3.*eager"):
+            graph.chosen("graph", torch.device("cpu"), engine.supernet)
     with pytest.raises(ValueError, match="backend"):
         GraphEngine(Supernet(DARTS, channels=4, layers=3), lr=0.1, backend="fast")
 
@@ -177,11 +202,12 @@ def test_slot_table_writes_each_genotype_into_the_same_device_buffers():
     """A captured step reads the table at fixed addresses; the host alternates pinned buffers."""
     engine = make_engine("reference", layers=3, channels=4)
     table = engine.table
-    addresses = (table.slots.data_ptr(), table.used.data_ptr())
+    buffers = (table.slots, table.used, table.outputs)
+    addresses = [t.data_ptr() for t in buffers]
     for seed in (0, 1, 0):
         g = random_genotype(seed)
         table.write(g)
-        slots, used = table.pack(g)
-        assert torch.equal(table.slots, slots) and torch.equal(table.used, used)
-        assert (table.slots.data_ptr(), table.used.data_ptr()) == addresses
+        for written, packed in zip(buffers, table.pack(g)):
+            assert torch.equal(written, packed)
+        assert [t.data_ptr() for t in buffers] == addresses
     assert table._host[0][0].data_ptr() != table._host[1][0].data_ptr()

@@ -47,7 +47,7 @@ def engine_buffers(engine) -> List[torch.Tensor]:
     """Every persistent tensor of the engine: flat parameters, gradients, momentum, tables and each
     cell's buffers (with whatever scratch the kernels attached to them)."""
     tensors = [engine.flat.data, engine.flat.grad, engine.flat.segment_of, engine.sgd.buf, engine.sgd.started,
-               engine.table.slots, engine.table.used]
+               engine.table.slots, engine.table.used, engine.table.outputs]
     for cells in engine.network._buffers.values():
         for bufs in cells:
             tensors += _tensors_in(vars(bufs))

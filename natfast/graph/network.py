@@ -86,8 +86,16 @@ class GraphNetwork:
                 out = _TritonCell.apply(x0, x1, bufs[i], self.flat, self.table.slots[i])
             else:
                 out = reference.cell_forward(x0, x1, self._weight_at, rows[i], cell.reduction)
-            s0, s1 = s1, out
+            s0, s1 = s1, self._output_nodes_only(out, i)
         return F.linear(s1.mean((2, 3)), net.classifier.weight, net.classifier.bias)
+
+    def _output_nodes_only(self, out: torch.Tensor, layer: int) -> torch.Tensor:
+        """The cell output with the nodes outside the genotype's output (concat, loose ends) zeroed:
+        the same for every genotype, where the supernet concatenates fewer nodes."""
+        n, width, h, w = out.shape
+        nodes = self.table.outputs.shape[1]
+        mask = self.table.outputs[layer].view(1, nodes, 1, 1, 1)
+        return (out.view(n, nodes, width // nodes, h, w) * mask).view(n, width, h, w)
 
     def _weight_at(self, offset: int, shape) -> torch.Tensor:
         return self.param_at[offset].view(shape)

@@ -16,6 +16,11 @@ which decides liveness, known zeros and strides: a slot the plan does not comput
 
 A slot repeating its node's other slot (same op, same input) has the same offsets: engines compute
 both, which equals the supernet's computing once and summing twice.
+
+Beside the slots, per cell and node, whether the node is part of the cell's output (the genotype's
+concat, or the loose ends of ENAS cells, known zeros left out): the engines keep every node in a
+fixed-width output and multiply the others by zero, which equals the supernet's concatenating only
+the output nodes and reading them with the matching weight columns.
 """
 from __future__ import annotations
 
@@ -40,6 +45,16 @@ def check_two_edges_per_node(genotype: Genotype, nodes: int) -> None:
                              f"the {cell} cell has targets {targets}")
 
 
+def pack_outputs(supernet, genotype: Genotype) -> torch.Tensor:
+    """(layers, nodes) float32 on the CPU: 1 where node t (column t - 2) is in the cell's output."""
+    genotype = normalize(genotype)
+    network = plan_network(genotype, supernet.family, supernet.layers)
+    outputs = torch.zeros(supernet.layers, supernet.family.num_nodes)
+    for layer, run in enumerate(network.cells):
+        outputs[layer, list(run.output_blocks)] = 1.0
+    return outputs
+
+
 def pack_slots(supernet, genotype: Genotype, offset_of: Dict[int, int]) -> torch.Tensor:
     """(layers, 2 * nodes, len(SLOT_FIELDS)) int32 on the CPU. `offset_of` maps id(parameter) to its
     offset in the flat buffer (natfast.flat_params.FlatParameters)."""
@@ -62,8 +77,8 @@ def pack_slots(supernet, genotype: Genotype, offset_of: Dict[int, int]) -> torch
 
 
 class SlotTable:
-    """This step's slot table and used-parameter flags in fixed device buffers (a captured step
-    reads them at fixed addresses). The host packs into one of two pinned buffers, alternating, and
+    """This step's slot table, used-parameter flags and output nodes in fixed device buffers (a
+    captured step reads them at fixed addresses). The host packs into one of two pinned buffers, alternating, and
     copies without blocking on the step's stream: the copy runs after the previous step (which
     read the device buffers) and the host never waits for it, nor overwrites a pinned buffer whose
     copy may still be pending (it waits on that copy's event, two steps old)."""
@@ -74,39 +89,39 @@ class SlotTable:
         shape = (supernet.layers, 2 * supernet.family.num_nodes, len(SLOT_FIELDS))
         device = torch.device(device)
         pin = device.type == "cuda"
+        outputs = (supernet.layers, supernet.family.num_nodes)
         self._host = [(torch.empty(shape, dtype=torch.int32, pin_memory=pin),
-                       torch.empty(len(flat.params), dtype=torch.uint8, pin_memory=pin)) for _ in range(buffers)]
+                       torch.empty(len(flat.params), dtype=torch.uint8, pin_memory=pin),
+                       torch.empty(outputs, pin_memory=pin)) for _ in range(buffers)]
         self.slots = torch.zeros(shape, dtype=torch.int32, device=device)
         self.used = torch.zeros(len(flat.params), dtype=torch.uint8, device=device)
+        self.outputs = torch.zeros(outputs, device=device)
         self._copied: List = [None] * buffers
         self._next = 0
 
-    def pack(self, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(slots, used) on the CPU."""
+    def pack(self, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(slots, used, outputs) on the CPU."""
         return _cached_pack(self, normalize(genotype))
 
     def write(self, genotype: Genotype) -> None:
         i, self._next = self._next, (self._next + 1) % len(self._host)
         if self._copied[i] is not None:
             self._copied[i].synchronize()
-        slots, used = self.pack(genotype)
-        host_slots, host_used = self._host[i]
-        host_slots.copy_(slots)
-        host_used.copy_(used)
-        self.slots.copy_(host_slots, non_blocking=True)
-        self.used.copy_(host_used, non_blocking=True)
+        for host, packed, device in zip(self._host[i], self.pack(genotype), (self.slots, self.used, self.outputs)):
+            host.copy_(packed)
+            device.copy_(host, non_blocking=True)
         if self.slots.is_cuda:
             self._copied[i] = torch.cuda.Event()
             self._copied[i].record()
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_pack(table: SlotTable, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor]:
+def _cached_pack(table: SlotTable, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..executor import parameters_read   # the executor imports the supernet; keep this module light
     used = torch.zeros(len(table.flat.params), dtype=torch.uint8)
     index = {id(p): i for i, p in enumerate(table.flat.params)}
     for p in parameters_read(table.supernet, genotype):
         used[index[id(p)]] = 1
-    return pack_slots(table.supernet, genotype, table.offset_of), used
+    return pack_slots(table.supernet, genotype, table.offset_of), used, pack_outputs(table.supernet, genotype)
 
 
