@@ -8,6 +8,7 @@ import random
 from typing import List, Sequence, Tuple
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from natfast.cell_plan import spec
 from natfast.graph.table import KIND, MAX_WEIGHTS
@@ -91,3 +92,19 @@ def random_genotype(seed: int, ops: Sequence[str] = DARTS_OPS, nodes: int = 4, n
         cells.append(edges)
     concat = list(range(2, nodes + 2))
     return Genotype(cells[0], concat, cells[1], concat)
+
+
+class NoHostSync(TorchDispatchMode):
+    """Fails on a read of a device value by the host (.item(), truth tests) or a copy to the host."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
+                    torch.ops.aten.is_nonzero.default):
+            raise AssertionError(f"host sync: {func}")
+        result = func(*args, **kwargs)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if (isinstance(result, torch.Tensor) and result.device.type == "cpu"
+                and any(t.device.type != "cpu" for t in tensors)):
+            raise AssertionError(f"copy to the host: {func}")
+        return result

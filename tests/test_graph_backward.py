@@ -10,9 +10,8 @@ observed errors stay below 1e-6 of that magnitude.
 """
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from graph_cases import DARTS_OPS, random_cell
+from graph_cases import DARTS_OPS, NoHostSync, random_cell
 from natfast.cell_plan import OPERATIONS, spec
 from natfast.graph.buffers import CellBuffers, CellShape
 from natfast.graph.reference import cell_forward, fill_forward_buffers, flat_weights
@@ -219,20 +218,6 @@ def test_launch_sequence_is_the_same_for_every_cell(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(results[0], results[2]))
 
 
-class _NoHostSync(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
-                    torch.ops.aten.is_nonzero.default):
-            raise AssertionError(f"host sync: {func}")
-        result = func(*args, **kwargs)
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if (isinstance(result, torch.Tensor) and result.device.type == "cpu"
-                and any(t.device.type != "cpu" for t in tensors)):
-            raise AssertionError(f"copy to the host: {func}")
-        return result
-
-
 def test_no_host_sync_and_scratch_allocated_once():
     cell_backward = _backward()
     shape = CellShape(2, 8, 4, 8, 8, False)
@@ -246,9 +231,9 @@ def test_no_host_sync_and_scratch_allocated_once():
     cell_backward(bufs, d_out, flat, flat_grad, slots)  # first call: allocates its scratch
     scratch = bufs.backward_partials
     addresses = (scratch.bn.data_ptr(), scratch.weights.data_ptr())
-    with _NoHostSync():
+    with NoHostSync():
         cell_backward(bufs, d_out, flat, flat_grad, slots)
     assert bufs.backward_partials is scratch
     assert (scratch.bn.data_ptr(), scratch.weights.data_ptr()) == addresses
-    with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
+    with pytest.raises(AssertionError, match="host sync"), NoHostSync():
         slots[0, 0].item()  # the mode does catch a read

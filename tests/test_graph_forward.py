@@ -3,9 +3,8 @@ against natfast.graph.reference.fill_forward_buffers: the output and every saved
 cells (tests/graph_cases.py); the launch sequence does not depend on the cell; no host sync."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from graph_cases import random_cell
+from graph_cases import NoHostSync, random_cell
 from natfast.graph.buffers import CellBuffers, CellShape
 from natfast.graph.reference import fill_forward_buffers
 from natfast.graph.table import KIND
@@ -143,20 +142,6 @@ def test_launch_sequence_is_the_same_for_every_cell(monkeypatch):
     assert records[0] == records[1]
 
 
-class _NoHostSync(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default,
-                    torch.ops.aten.is_nonzero.default):
-            raise AssertionError(f"host sync: {func}")
-        result = func(*args, **kwargs)
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if (isinstance(result, torch.Tensor) and result.device.type == "cpu"
-                and any(t.device.type != "cpu" for t in tensors)):
-            raise AssertionError(f"copy to the host: {func}")
-        return result
-
-
 def test_no_host_sync():
     cell_forward = _forward()
     shape = CellShape(2, 8, 4, 8, 8, False)
@@ -166,9 +151,9 @@ def test_no_host_sync():
     x0, x1 = _inputs(shape, 1)
     flat = flat.to(DEVICE)
     cell_forward(bufs, x0, x1, flat, slots)  # first call: allocates its scratch
-    with _NoHostSync():
+    with NoHostSync():
         cell_forward(bufs, x0, x1, flat, slots)
-    with pytest.raises(AssertionError, match="host sync"), _NoHostSync():
+    with pytest.raises(AssertionError, match="host sync"), NoHostSync():
         slots[0, 0].item()  # the mode does catch a read
 
 
