@@ -6,7 +6,11 @@
    standalone network of one genotype, its whole step captured as a CUDA graph); the graph engine
    over 50 fresh genotypes, per step host wall time including the table write, the batch copy, the
    replay and the loss read (median and p90);
-3. a profile of 3 replays: kernels per replay, device time per kernel, share of launches under
+3. scoring on lanes (natfast/graph/scoring.py), same weights: each lane's logits against the eager
+   supernet's (TF32 off), and per set of architectures the captured scoring pass against eager
+   natfast.search.score_batch (prefix-shared, natfast's eager scoring), accuracies read back
+   included, for the policy step's 2 architectures and derive's 11 (median over fresh sets);
+4. a profile of 3 replays: kernels per replay, device time per kernel, share of launches under
    3 us (programs that exit early), and peak memory.
 
     python bench/gpu_graph_check.py --out graph.json [--batch 64 --channels 20 --layers 8]
@@ -40,6 +44,9 @@ from natfast.sampler import sample_genotype  # noqa: E402
 from natfast.supernet import Supernet  # noqa: E402
 
 _STARTED = time.perf_counter()
+# The policy step's m + m * n (m = n = 1) and derive's K + 1 (K = 10); the smoke run keeps the
+# interpreter's minutes down (each lane is more programs there).
+SCORING_LANES = (2, 3) if SMOKE else (2, 11)
 
 
 def progress(what: str) -> None:
@@ -87,6 +94,34 @@ def floor_ms(genotype, family, x, y, channels: int, layers: int) -> float:
     with torch.cuda.graph(graph):
         step()
     return cuda_ms(graph.replay)
+
+
+def scoring(engine, family, gen, x, y, lanes: int, sets: int) -> dict:
+    """Lanes against eager: logits error on one set, then time per set (median) of the captured
+    pass and of score_batch, each reading its accuracies back."""
+    from natfast.ops import dispatch
+    from natfast.search import score_batch
+    scorer = engine.scorer(lanes)
+    archs = [[sample_genotype(family, gen) for _ in range(lanes)] for _ in range(sets + 2)]
+    got = scorer.logits(x, archs[0])
+    with torch.no_grad(), dispatch.use_backend("reference"):
+        want = torch.stack([engine.supernet(x, a) for a in archs[0]])
+    out = {"max_rel_error_logits": float((got - want).abs().max() / want.abs().max()),
+           "accuracy_mismatches": int((scorer.accuracies(x, y, archs[0]).cpu()
+                                       != (want.argmax(-1) == y).float().mean(-1).cpu()).sum())}
+    for name, fn in (("graph", lambda a: scorer.accuracies(x, y, a).tolist()),
+                     ("eager", lambda a: score_batch(engine.supernet, x, y, a))):
+        for a in archs[:2]:  # warm-up (the graph's capture)
+            fn(a)
+        times = []
+        for a in archs[2:]:
+            sync()
+            t = time.perf_counter()
+            fn(a)
+            times.append((time.perf_counter() - t) * 1e3)
+        out[f"{name}_median_ms"] = round(statistics.median(times), 3)
+    out["eager_over_graph"] = round(out["eager_median_ms"] / out["graph_median_ms"], 2)
+    return out
 
 
 def main() -> None:
@@ -154,6 +189,10 @@ def main() -> None:
     result["graph_median_ms"] = round(statistics.median(times), 3)
     result["graph_p90_ms"] = round(times[int(0.9 * (len(times) - 1))], 3)
     result["eager_over_graph"] = round(result["eager_ms"] / result["graph_median_ms"], 2)
+
+    for lanes in SCORING_LANES:
+        progress(f"scoring {lanes} architectures at once")
+        result[f"scoring_{lanes}"] = scoring(engine, family, gen, x, y, lanes, sets=1 if SMOKE else 20)
     if SMOKE:
         print(json.dumps(result, indent=1))
         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -186,6 +225,11 @@ def main() -> None:
           f"{result['graph_median_ms']} ms p90 {result['graph_p90_ms']} ms | graph/floor {result['graph_over_floor']} | "
           f"eager/graph {result['eager_over_graph']} | kernels/replay {result['kernels_per_replay']} | "
           f"max rel err {max(result['max_rel_error'].values()):.2e} | peak {result['peak_memory_gib']} GiB")
+    for lanes in SCORING_LANES:
+        r = result[f"scoring_{lanes}"]
+        print(f"GRAPH SCORING {lanes} lanes: eager {r['eager_median_ms']} ms | graph {r['graph_median_ms']} ms | "
+              f"eager/graph {r['eager_over_graph']} | logits rel err {r['max_rel_error_logits']:.2e} | "
+              f"accuracy mismatches {r['accuracy_mismatches']}/{lanes}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ A program holds all (padded) channels of a block of BP output pixels, so the poi
 stages are one `tl.dot` per tap. A program whose slot the stage does not concern returns at once.
 BN statistics are deterministic without float atomics: each tile writes its (mean, M2) per
 channel, and _stats_kernel merges the tiles in a fixed order (Chan et al.'s pairwise update).
+
+Lanes: the last grid axis is the lane. Lane l runs its own architecture (its own slot table) on its
+own copy of every buffer, at l times one lane's size (natfast/graph/buffers.py): scoring many
+architectures at once is the same launches with a wider grid; training runs one lane.
 """
 import triton
 import triton.language as tl
@@ -26,6 +30,13 @@ import triton.language as tl
 NULL, SKIP, MAX_POOL, AVG_POOL, SEP, DIL, CONV = (tl.constexpr(i) for i in range(7))
 FIELDS = tl.constexpr(9)  # len(natfast.graph.table.SLOT_FIELDS)
 EPS = tl.constexpr(1e-5)
+
+
+@triton.jit
+def _lane(axis: tl.constexpr, slots_ptr, slots_per_lane):
+    """This program's lane (int64) and its slot table."""
+    lane = tl.program_id(axis).to(tl.int64)
+    return lane, slots_ptr + lane * slots_per_lane * FIELDS
 
 
 @triton.jit
@@ -104,12 +115,18 @@ def _first_kernel(x_ptr, out_ptr, a1_ptr, b1_ptr, part_ptr, flat_ptr, slots_ptr,
                   H: tl.constexpr, W: tl.constexpr, CP: tl.constexpr, BP: tl.constexpr):
     i = tl.program_id(0)
     tile = tl.program_id(1)
+    lane, slots_ptr = _lane(2, slots_ptr, 2 * NODES)
     s = slot0 + i
     row = slots_ptr + s * FIELDS
     kind = tl.load(row)
     stride = tl.load(row + 4)
     if (kind == NULL) | ((kind == SKIP) & (stride == 1)):  # nothing saved: the node sum reads the source
         return
+    x_ptr += lane * N * (2 * C * H_IN * W_IN)
+    out_ptr += lane * N * (NODES * C * H * W)
+    a1_ptr += lane * N * (2 * NODES * C * H * W)
+    b1_ptr += lane * N * (2 * NODES * C * H * W)
+    part_ptr += lane * T * (2 * 2 * CP)
     k = tl.load(row + 1)
     dil = tl.load(row + 2)
     src = tl.load(row + 3)
@@ -164,14 +181,20 @@ def _first_kernel(x_ptr, out_ptr, a1_ptr, b1_ptr, part_ptr, flat_ptr, slots_ptr,
 
 @triton.jit
 def _second_kernel(b1_ptr, a2_ptr, b2_ptr, stats_ptr, part_ptr, flat_ptr, slots_ptr, slot0, N, T,
-                   C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                   NODES: tl.constexpr, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
                    CP: tl.constexpr, BP: tl.constexpr):
     i = tl.program_id(0)
     tile = tl.program_id(1)
+    lane, slots_ptr = _lane(2, slots_ptr, 2 * NODES)
     s = slot0 + i
     row = slots_ptr + s * FIELDS
     if tl.load(row) != SEP:
         return
+    b1_ptr += lane * N * (2 * NODES * C * H * W)
+    a2_ptr += lane * N * (2 * NODES * C * H * W)
+    b2_ptr += lane * N * (2 * NODES * C * H * W)
+    stats_ptr += lane * (2 * 2 * NODES * 2 * C)
+    part_ptr += lane * T * (2 * 2 * CP)
     k = tl.load(row + 1)
     w2 = tl.load(row + 7)
     w3 = tl.load(row + 8)
@@ -203,6 +226,9 @@ def _stats_kernel(part_ptr, stats_ptr, slots_ptr, slot0, N, T, J: tl.constexpr, 
     """stats[J, s] from part[i, 0..T): TB tiles at a time, each block combined exactly, blocks
     merged in order."""
     i = tl.program_id(0)
+    lane, slots_ptr = _lane(1, slots_ptr, NS)
+    part_ptr += lane * T * (2 * 2 * CP)
+    stats_ptr += lane * (2 * NS * 2 * C)
     s = slot0 + i
     row = slots_ptr + s * FIELDS
     kind = tl.load(row)
@@ -245,6 +271,12 @@ def _node_kernel(x_ptr, out_ptr, b1_ptr, b2_ptr, stats_ptr, slots_ptr, slot0, N,
     """Out block slot0 / 2 = the sum of the node's two slots (zero when both are null). Which tensor
     a slot adds is chosen by load masks: the loads not taken read nothing."""
     tile = tl.program_id(0)
+    lane, slots_ptr = _lane(1, slots_ptr, 2 * NODES)
+    x_ptr += lane * N * (2 * C * H_IN * W_IN)
+    out_ptr += lane * N * (NODES * C * H * W)
+    b1_ptr += lane * N * (2 * NODES * C * H * W)
+    b2_ptr += lane * N * (2 * NODES * C * H * W)
+    stats_ptr += lane * (2 * 2 * NODES * 2 * C)
     valid, n, oh, ow = _pixels(tile, N, H, W, BP)
     c = tl.arange(0, CP)
     cm = c < C

@@ -76,7 +76,7 @@ def cmd_transform(args) -> int:
         beta = derive.check_input(beta, result.family)
         loader = derive.scoring_loader(result.config, cfg.score_data, cfg.data)
         best = derive.transform_best_of_k(result, beta, cfg.candidates, cfg.seed, loader, cfg.eval_batches,
-                                          cfg.keep_input)
+                                          cfg.keep_input, None if cfg.engine == "search" else cfg.engine)
         alpha, searched = best.best, result.family
         print(f"best-of-{cfg.candidates}: input {best.beta_score:.4f}, candidates "
               + " ".join(f"{s:.4f}" for s in best.scores))

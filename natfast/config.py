@@ -87,7 +87,8 @@ class SearchConfig:
     executor: bool = opt(False, "run update_w's sampled path through the compiled C++ executor "
                                 "(no per-op Python dispatch; natfast's C++ kernels on a CPU, ATen's on a "
                                 "GPU) when the extension has it")
-    engine: str = opt("auto", "update_w engine: graph (one launch sequence for every architecture, captured as "
+    engine: str = opt("auto", "update_w and policy-step scoring engine: graph (one launch sequence for every "
+                              "architecture, captured as "
                               "one CUDA graph on a GPU; natfast/graph/), eager (per-op), auto "
                               "(eager until the graph engine has passed the GPU check)",
                       choices=("auto", "graph", "eager"))
@@ -152,6 +153,9 @@ class TransformConfig:
                                  "counting code)", choices=("executed", "authors"))
     data: Optional[str] = opt(None, "CIFAR-10 folder for best-of-k scoring; default: the embedded sample")
     eval_batches: int = opt(0, "validation batches for scoring (0: the whole validation split)", low=0)
+    engine: str = opt("search", "best-of-k scoring engine: graph (every candidate a lane of one launch sequence, "
+                                "captured on a GPU; natfast/graph/), eager, auto, or search (the search's --engine)",
+                      choices=("search", "auto", "graph", "eager"))
     out: Optional[str] = opt(None, "write the transformed genotype here (.json or .txt); default: next to the checkpoint, or runs/transform/ without one")
     draw: Optional[str] = opt(None, "write a PNG drawing of both architectures here")
     seed: int = opt(0, "seed for sampling")

@@ -84,16 +84,21 @@ def scoring_loader(cfg: SearchConfig, which: str = "validation", data: Optional[
 
 
 def score_architectures(supernet: Supernet, archs: List[Genotype], loader: BatchLoader,
-                        max_batches: int = 0) -> List[float]:
+                        max_batches: int = 0, engine: str = "eager") -> List[float]:
     """Validation accuracy of each architecture with the shared weights, all scored in one
-    batched, prefix-shared pass per batch."""
+    batched pass per batch: eager (prefix-shared, natfast/engine.py) or, with `engine` graph (or
+    auto where the graph engine is chosen: natfast/graph/engine.py), one lane per architecture on
+    the graph engine's kernels, accumulated on the device and read back once."""
+    from .graph import engine as graph
     device = supernet.classifier.weight.device
-    correct, total = torch.zeros(len(archs)), 0
+    scorer = graph.LaneScorer(supernet, len(archs)) if graph.chosen(engine, device, supernet) else None
+    correct, total = torch.zeros(len(archs), device=device if scorer else "cpu"), 0
     for i, (x, y) in enumerate(loader.epoch(0)):
         if max_batches and i >= max_batches:
             break
-        accs = score_batch(supernet, x.to(device), y.to(device), archs)
-        correct += torch.tensor(accs) * len(y)
+        x, y = x.to(device), y.to(device)
+        accs = scorer.accuracies(x, y, archs) if scorer else torch.tensor(score_batch(supernet, x, y, archs))
+        correct += accs * len(y)
         total += len(y)
     return (correct / max(total, 1)).tolist()
 
@@ -107,10 +112,12 @@ class BestOfK:
 
 
 def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed: int = 0,
-                        loader: Optional[BatchLoader] = None, max_batches: int = 0, keep_input: bool = True) -> BestOfK:
+                        loader: Optional[BatchLoader] = None, max_batches: int = 0, keep_input: bool = True,
+                        engine: Optional[str] = None) -> BestOfK:
     """Sample K transformations of beta, score them and beta on the validation split (or `loader`),
     keep the best: beta itself if nothing beats it (`keep_input`), or else the best sample whatever
-    beta scores (the authors' derive; on ties the first sampled)."""
+    beta scores (the authors' derive; on ties the first sampled). `engine` (auto, graph, eager;
+    default: the search's) scores on the graph engine's lanes or eagerly (score_architectures)."""
     if k < 1:
         raise ValueError(f"best-of-k needs k >= 1 candidates, got {k}")
     gen = torch.Generator().manual_seed(seed)
@@ -118,7 +125,8 @@ def transform_best_of_k(result: SearchResult, beta: Genotype, k: int = 10, seed:
         samples = result.policy.sample([beta.normal, beta.reduce], gen, k)
     candidates = [result.policy.to_genotype(beta, s.targets) for s in samples]
     loader = loader or validation_loader(result.config)
-    scores = score_architectures(result.supernet, [beta] + candidates, loader, max_batches)
+    scores = score_architectures(result.supernet, [beta] + candidates, loader, max_batches,
+                                 engine or getattr(result.config, "engine", "auto"))
     beta_score, cand_scores = scores[0], scores[1:]
     best_i = max(range(k), key=lambda i: cand_scores[i])
     best = candidates[best_i] if cand_scores[best_i] > beta_score or not keep_input else beta

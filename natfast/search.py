@@ -213,10 +213,14 @@ class Searcher:
         beta and alpha accuracies (tensors)."""
         cfg = self.cfg
         betas, samples, alphas = self.draw_transformations(gen)
-        accs = score_batch(self.supernet, x, y, betas + [a for row in alphas for a in row])
-        beta_acc = torch.tensor(accs[: len(betas)])
-        alpha_acc = torch.tensor(accs[len(betas):]).view(len(samples), len(betas))
-        reward = (alpha_acc - beta_acc).to(self.device)                          # (n, m)
+        archs = betas + [a for row in alphas for a in row]
+        if self.graph is not None:  # one lane per architecture, nothing read back (natfast/graph/scoring.py)
+            accs = self.graph.scorer(len(archs)).accuracies(x, y, archs)
+        else:
+            accs = torch.tensor(score_batch(self.supernet, x, y, archs), device=self.device)
+        beta_acc = accs[: len(betas)]
+        alpha_acc = accs[len(betas):].view(len(samples), len(betas))
+        reward = alpha_acc - beta_acc                                            # (n, m)
         log_prob = torch.stack([s.log_prob.view(-1, 2).sum(1) for s in samples])  # (n, m)
         entropy = torch.stack([s.entropy.view(-1, 2).sum(1) for s in samples])
         advantage = reward - self.baseline

@@ -196,10 +196,11 @@ def test_bench_steps_and_derive_print_their_contract_keys():
     # The arithmetic: sharing the stem computes less than running each architecture alone.
     assert 0 < result["derive_gflop"] < result["sequential_gflop"]
     # The floor is what no kernel can beat: against a matmul rate measured here, independently of the
-    # bench (a factor of 4 either way is noise on a shared CPU; a unit error is 1000x), it is below the
-    # measured time, and the bound is at least the speedup the batched path achieves.
+    # bench, at another moment (a factor of 16 either way is noise on a shared, loaded CPU, where the
+    # two rates were seen 8x apart; a unit error is 1000x), it is below the measured time, and the
+    # bound is at least the speedup the batched path achieves.
     independent_gflops = _matmul_gflops()
-    assert 0.25 < result["derive_floor_ms"] / (result["derive_gflop"] / independent_gflops * 1000) < 4
+    assert 1 / 16 < result["derive_floor_ms"] / (result["derive_gflop"] / independent_gflops * 1000) < 16
     assert result["derive_floor_ms"] < result["derive_ms"]
     assert result["speedup_bound_vs_sequential"] >= result["sequential_derive_ms"] / result["derive_ms"]
 

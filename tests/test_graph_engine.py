@@ -173,12 +173,14 @@ def test_momentum_round_trips_through_torch_sgd_state():
 @pytest.mark.triton
 @pytest.mark.slow
 def test_search_on_the_graph_engine_resumes_exactly(tmp_path):
-    """`natfast search --engine graph` end to end (interpreter, tiny): 3 update_w steps straight,
-    against 2 steps, a checkpoint (momentum stored as torch.optim.SGD state) and 1 more after resume."""
+    """`natfast search --engine graph` end to end (interpreter, tiny): update_w steps, then policy
+    steps scored on lanes (natfast/graph/scoring.py); 4 steps straight against 2 steps, a
+    checkpoint (momentum stored as torch.optim.SGD state) and 2 more after resume (a w step and a
+    policy step)."""
     from natfast.config import SearchConfig
     from natfast.search import Searcher
 
-    # 128 images, half for w: the first 3 steps are update_w steps.
+    # 128 images, half for w: 3 update_w steps, then policy steps.
     small = dict(epochs=1, batch_size=16, channels=4, layers=3, train_limit=128, progress=False, hidden_size=16,
                  embedding_size=8, checkpoint_every=0, engine="graph", w_momentum=0.9)
 
@@ -188,14 +190,19 @@ def test_search_on_the_graph_engine_resumes_exactly(tmp_path):
         s.run()
         return s
 
-    straight = run("a", 3)
+    straight = run("a", 4)
     run("b", 2)
-    resumed = run("b", 3, resume=True)
+    resumed = run("b", 4, resume=True)
     for (name, a), b in zip(straight.supernet.state_dict().items(), resumed.supernet.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(straight.graph.sgd.buf, resumed.graph.sgd.buf)
+    for (name, a), b in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert straight.baseline == resumed.baseline
     records = [json.loads(m) for m in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records] == ["w"] * 3 and all(0 < r["loss"] < 10 for r in records), records
+    assert [r["phase"] for r in records] == ["w"] * 3 + ["theta"], records
+    assert all(0 < r["loss"] < 10 for r in records[:3]), records
+    assert all(0 <= r["beta_acc"] <= 1 and 0 <= r["alpha_acc"] <= 1 for r in records[3:]), records
 
 
 def test_slot_table_writes_each_genotype_into_the_same_device_buffers():

@@ -163,3 +163,42 @@ def test_interpreter_tiling_matches_the_reference(monkeypatch, seed, reduction):
     from natfast.graph import buffers
     monkeypatch.setattr(buffers, "GPU_TILES_IN_INTERPRETER", False)
     check_cell(seed, reduction, h=16)
+
+
+def _shifted(rows, by: int):
+    """The rows with their weight offsets moved by `by` (cells whose weights share one flat buffer)."""
+    return [r[:5] + [w + by if w >= 0 else w for w in r[5:]] for r in rows]
+
+
+@pytest.mark.parametrize("reduction", [False, True], ids=["normal", "reduction"])
+def test_lanes_each_match_the_reference(reduction):
+    """Scoring's lane axis (natfast/graph/scoring.py): lane l runs its own cell on its own inputs,
+    from one launch sequence, each lane equal to the one-cell reference; the lanes share the flat
+    weights; the first lane's slot table may not leak into the others'."""
+    cell_forward = _forward()
+    shape = CellShape(2, 8, 4, 8, 8, reduction)
+    cells = [random_cell(seed, 8, 4, reduction) for seed in (2, 5, 7)]
+    rows, flats, used = [], [], 0
+    for r, f in cells:
+        rows.append(_shifted(r, used))
+        flats.append(f)
+        used += f.numel()
+    flat = torch.cat(flats).to(DEVICE)
+    g = torch.Generator().manual_seed(11)
+    x0, x1 = (torch.randn(3, 2, 8, 8, 8, generator=g).to(DEVICE) for _ in range(2))
+    bufs = CellBuffers(shape, DEVICE, lanes=3)
+    for t in (bufs.out, bufs.a1, bufs.b1, bufs.a2, bufs.b2, bufs.stats):
+        t.fill_(float("nan"))
+    out = cell_forward(bufs, x0, x1, flat, torch.tensor(rows, dtype=torch.int32, device=DEVICE))
+    assert out.shape == (3, 2, 4 * 8, shape.h, shape.w)
+    for lane in range(3):
+        want = CellBuffers(shape, DEVICE)
+        fill_forward_buffers(want, x0[lane], x1[lane], flat, rows[lane])
+        torch.testing.assert_close(out[lane], want.out, **TOL, msg=lambda m: f"lane {lane}: {m}")
+    # One input for every lane (the stem feeds the first cells): broadcast, the same as three copies.
+    again = cell_forward(bufs, x0[:1], x1[:1], flat, torch.tensor(rows, dtype=torch.int32, device=DEVICE)).clone()
+    want = CellBuffers(shape, DEVICE)
+    fill_forward_buffers(want, x0[0], x1[0], flat, rows[1])
+    torch.testing.assert_close(again[1], want.out, **TOL)
+    with pytest.raises(ValueError, match=r"slots must be a contiguous \(3, 8, 9\)"):
+        cell_forward(bufs, x0, x1, flat, torch.tensor(rows[0], dtype=torch.int32, device=DEVICE))

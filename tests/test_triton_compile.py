@@ -15,12 +15,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The graph engine's whole-step tests launch its kernels with the interpreter's big tiles, which no
-# GPU runs (natfast/graph/buffers.py: big_tiles); its cell tests launch every kernel with the GPU's
+# The graph engine's whole-step and scoring tests launch its kernels with the interpreter's big
+# tiles, which no GPU runs (natfast/graph/buffers.py: big_tiles); its cell tests (lanes included) launch every kernel with the GPU's
 # tiling, and those launches are compiled here. Skipping the step tests saves minutes twice in CI.
 # Its cells' extra seeds launch the same configurations as the first seeds.
 GPU_CONFIGURATIONS_ELSEWHERE = ("--ignore", str(ROOT / "tests" / "test_graph_engine.py"),
                                 "--ignore", str(ROOT / "tests" / "test_graph_capture.py"),
+                                "--ignore", str(ROOT / "tests" / "test_graph_scoring.py"),
                                 "-k", "not test_more_cells_match")
 
 pytestmark = [

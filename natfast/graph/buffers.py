@@ -28,6 +28,10 @@ Backward (kernels/graph_backward.py):
     g1     (NS, N, C, H, W)       gradients flowing back through the slot's stages
     g2     (NS, N, C, H, W)       sep: the middle depthwise's input gradient; max_pool: each output's
                                   argmax tap (as a float)
+Lanes (scoring many architectures at once, forward only): `CellBuffers(shape, device, lanes=L)`
+gives every forward buffer a leading lane axis (x (L, 2, N, C, Hin, Win), out (L, N, B*C, H, W),
+...), lane l's copy at l times one lane's size, and no backward buffers.
+
 The kernels keep their partial sums (BN-backward means, weight gradients, reduced in a fixed order:
 no float atomics) in scratch they attach to these buffers on first use (`forward_partials`,
 `backward_partials`), so a step allocates nothing after the first.
@@ -35,6 +39,7 @@ no float atomics) in scratch they attach to these buffers on first use (`forward
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -73,15 +78,22 @@ class CellShape:
 
 
 class CellBuffers:
-    def __init__(self, shape: CellShape, device):
+    def __init__(self, shape: CellShape, device, lanes: Optional[int] = None):
+        """lanes=None: one architecture, forward and backward buffers (training); lanes=L: a lane
+        axis of L, forward buffers only (scoring)."""
+        if lanes is not None and lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
         s = shape
         n, c, ns = s.n, s.c, s.slots
-        empty = lambda *dims: torch.empty(dims, device=device)
-        self.shape = s
+        lead = () if lanes is None else (lanes,)
+        empty = lambda *dims: torch.empty(lead + dims, device=device)
+        self.shape, self.lanes, self.lane_axis = s, lanes or 1, lanes is not None
         self.x = empty(2, n, c, s.h_in, s.w_in)
         self.out = empty(n, s.nodes * c, s.h, s.w)
         self.a1, self.b1, self.a2, self.b2 = (empty(ns, n, c, s.h, s.w) for _ in range(4))
         self.stats = empty(2, ns, 2, c)
+        if self.lane_axis:
+            return
         self.dx = empty(2, n, c, s.h_in, s.w_in)
         self.dnode = empty(s.nodes, n, c, s.h, s.w)
         self.dsrc = empty(ns, n, c, s.h_in, s.w_in)

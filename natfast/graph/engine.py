@@ -9,6 +9,9 @@ natfast/flat_params.py (clip, weight decay, momentum on exactly the parameters e
 give a gradient). Nothing in it reads a value on the host, so on CUDA the whole step is captured as
 one CUDA graph per batch shape and learning rate and replayed for every genotype (`capture=True`,
 the default there); elsewhere, and with the reference backend, it runs eagerly.
+
+`engine.scorer(lanes)` scores many architectures at once on the same parameters (the policy step's
+rewards, derive's ranking): natfast/graph/scoring.py.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from ..flat_params import FlatParameters, MaskedSGD
 from ..genotype import Genotype
 from .network import GraphNetwork
+from .scoring import LaneScorer
 from .table import SlotTable
 
 # The op kinds the graph cell kernels run (every op of the supernet families, NAT++'s included).
@@ -91,6 +95,14 @@ class GraphEngine:
         if self.capture and device.type != "cuda":
             raise ValueError("capture needs CUDA")
         self._graphs: Dict[tuple, "_Captured"] = {}
+        self._scorers: Dict[int, LaneScorer] = {}
+
+    def scorer(self, lanes: int) -> LaneScorer:
+        """A LaneScorer of `lanes` lanes on this engine's parameters (natfast/graph/scoring.py): the
+        policy step's and derive's accuracies, one launch sequence for every set of architectures."""
+        if lanes not in self._scorers:
+            self._scorers[lanes] = LaneScorer(self.supernet, lanes, self.flat, self.network.backend, self.capture)
+        return self._scorers[lanes]
 
     def set_lr(self, lr: float) -> None:
         """A new learning rate: the next step captures again (the rate is baked into the graph)."""

@@ -25,7 +25,7 @@ the output nodes and reading them with the matching weight columns.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -81,21 +81,31 @@ class SlotTable:
     captured step reads them at fixed addresses). The host packs into one of two pinned buffers, alternating, and
     copies without blocking on the step's stream: the copy runs after the previous step (which
     read the device buffers) and the host never waits for it, nor overwrites a pinned buffer whose
-    copy may still be pending (it waits on that copy's event, two steps old)."""
+    copy may still be pending (it waits on that copy's event, two steps old).
 
-    def __init__(self, supernet, flat, device: torch.device, buffers: int = 2):
-        self.supernet, self.flat = supernet, flat
+    lanes=None: one architecture (training): slots (layers, 2B, 9), used (parameters,), outputs
+    (layers, B); `write(genotype)`. lanes=L: L architectures scored at once: slots (layers, L, 2B, 9)
+    and outputs (layers, L, B), so that one cell's table is one contiguous block; no used flags
+    (scoring updates nothing); `write([genotype] * L)`."""
+
+    def __init__(self, supernet, flat, device: torch.device, buffers: int = 2, lanes: Optional[int] = None):
+        if lanes is not None and lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {lanes}")
+        self.supernet, self.flat, self.lanes = supernet, flat, lanes
         self.offset_of = {id(p): o for p, o in zip(flat.params, flat.offsets)}
-        shape = (supernet.layers, 2 * supernet.family.num_nodes, len(SLOT_FIELDS))
+        lead = () if lanes is None else (lanes,)
+        layers, nodes = supernet.layers, supernet.family.num_nodes
+        shapes = [((layers,) + lead + (2 * nodes, len(SLOT_FIELDS)), torch.int32),
+                  ((layers,) + lead + (nodes,), torch.float32)]
+        if lanes is None:
+            shapes.insert(1, ((len(flat.params),), torch.uint8))
         device = torch.device(device)
         pin = device.type == "cuda"
-        outputs = (supernet.layers, supernet.family.num_nodes)
-        self._host = [(torch.empty(shape, dtype=torch.int32, pin_memory=pin),
-                       torch.empty(len(flat.params), dtype=torch.uint8, pin_memory=pin),
-                       torch.empty(outputs, pin_memory=pin)) for _ in range(buffers)]
-        self.slots = torch.zeros(shape, dtype=torch.int32, device=device)
-        self.used = torch.zeros(len(flat.params), dtype=torch.uint8, device=device)
-        self.outputs = torch.zeros(outputs, device=device)
+        self._host = [tuple(torch.empty(shape, dtype=dtype, pin_memory=pin) for shape, dtype in shapes)
+                      for _ in range(buffers)]
+        self._device = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in shapes)
+        self.slots, self.outputs = self._device[0], self._device[-1]
+        self.used = self._device[1] if lanes is None else None
         self._copied: List = [None] * buffers
         self._next = 0
 
@@ -103,11 +113,21 @@ class SlotTable:
         """(slots, used, outputs) on the CPU."""
         return _cached_pack(self, normalize(genotype))
 
-    def write(self, genotype: Genotype) -> None:
+    def _packed(self, genotypes) -> Tuple[torch.Tensor, ...]:
+        if self.lanes is None:
+            return self.pack(genotypes)
+        genotypes = list(genotypes)
+        if len(genotypes) != self.lanes:
+            raise ValueError(f"this table has {self.lanes} lanes, got {len(genotypes)} architectures")
+        packs = [self.pack(g) for g in genotypes]
+        return tuple(torch.stack([p[i] for p in packs], 1) for i in (0, 2))
+
+    def write(self, genotypes) -> None:
+        """One genotype, or (with lanes) one per lane."""
         i, self._next = self._next, (self._next + 1) % len(self._host)
         if self._copied[i] is not None:
             self._copied[i].synchronize()
-        for host, packed, device in zip(self._host[i], self.pack(genotype), (self.slots, self.used, self.outputs)):
+        for host, packed, device in zip(self._host[i], self._packed(genotypes), self._device):
             host.copy_(packed)
             device.copy_(host, non_blocking=True)
         if self.slots.is_cuda:
