@@ -1,8 +1,9 @@
-"""GPU benchmarks of the Triton backend against PyTorch eager (the reference path), same run.
+"""GPU benchmarks of natfast's GPU kernels against PyTorch eager (the reference path), same run.
 
     python bench/gpu_bench.py [--out results.json] [--quick]
 
-Measures, at the search shapes (batch 64 and 256): each fused kernel forward+backward vs eager;
+Measures, at the search shapes (batch 64 and 256): the CUDA C++ relu_dwconv forward+backward vs
+eager (the Triton relu_dwconv, pool2d and group_batch_norm timed here before were removed);
 the device-to-device copy bandwidth (the memory-bound yardstick); the batched GCN policy for 1024
 cells vs one cell at a time; the full update_w step (sampled path, batch 64) vs
 `use_backend("reference")`, the compiled executor, and the practical floor (a standalone network of
@@ -31,7 +32,7 @@ if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's int
     os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
 
 from natfast.benchmarks.timing import median_ms  # noqa: E402
-from natfast.ops import dispatch, gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
+from natfast.ops import dispatch, gcn_policy_logits, relu_dwconv  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
 
 DEV = "cuda"
@@ -125,22 +126,13 @@ def backends_used(fn) -> dict:
 
 def kernel_cases(batch: int):
     """(name, op, make inputs, run, bytes moved by the forward)."""
-    def x(c, h, dtype=torch.float32):
-        return lambda: [randn(batch, c, h, h, dtype=dtype, requires_grad=True)]
-
     cases = []
     for c, h, k, s, d in [(16, 32, 3, 1, 1), (16, 32, 5, 1, 2), (32, 16, 3, 2, 1), (64, 8, 5, 1, 1)]:
         def make(c=c, h=h, k=k):
-            return x(c, h)() + [randn(c, 1, k, k, requires_grad=True)]
+            return [randn(batch, c, h, h, requires_grad=True), randn(c, 1, k, k, requires_grad=True)]
         ho = (h - 1) // s + 1
         cases.append((f"relu_dwconv C{c} {h}x{h} k{k} s{s} d{d}", "relu_dwconv", make,
                       lambda a, w, s=s, d=d: relu_dwconv(a, w, s, d), 4 * batch * c * (h * h + ho * ho)))
-    for kind, c, h in [("max", 16, 32), ("avg", 32, 16)]:
-        cases.append((f"pool2d {kind} C{c} {h}x{h} k3", "pool2d", x(c, h),
-                      lambda a, kind=kind: pool2d(a, kind, 3, 1), 8 * batch * c * h * h))
-    for c, h, groups in [(16, 32, None), (32, 16, (batch // 4,) * 4)]:
-        cases.append((f"group_bn C{c} {h}x{h} groups={1 if groups is None else len(groups)}", "group_batch_norm",
-                      x(c, h), lambda a, g=groups: group_batch_norm(a, g), 12 * batch * c * h * h))
     return cases
 
 
@@ -296,18 +288,16 @@ def table(results: dict) -> str:
              f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s",
              "speedups over PyTorch eager (x) and forward bandwidth as % of the copy's, per backend"]
     lines.append("(graph: forward+backward replayed as a CUDA graph, i.e. device time without launch cost)")
-    lines.append(f"{'kernel':40s} {'batch':>5s} {'tri fwd':>7s} {'tri f+b':>7s} {'graph':>5s} {'%copy':>5s} "
-                 f"{'cu fwd':>7s} {'cu f+b':>7s} {'graph':>5s} {'%copy':>5s}")
+    lines.append(f"{'kernel':40s} {'batch':>5s} {'cu fwd':>7s} {'cu f+b':>7s} {'graph':>5s} {'%copy':>5s}")
     for r in results["kernels"]:
-        cols = []
-        for b in ("triton", "cuda"):
-            if f"{b}_speedup_fwd" in r:
-                graph = r.get(f"{b}_speedup_graph_fwd_bwd")
-                cols.append(f"{r[f'{b}_speedup_fwd']:7.2f} {r[f'{b}_speedup_fwd_bwd']:7.2f} "
-                            f"{('%5.2f' % graph) if graph else '    -'} {100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
-            else:
-                cols.append(f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s} {'':5s}")
-        lines.append(f"{r['kernel']:40s} {r['batch']:5d} {cols[0]} {cols[1]}")
+        b = "cuda"  # the one fast backend of the kernels timed here (relu_dwconv)
+        if f"{b}_speedup_fwd" in r:
+            graph = r.get(f"{b}_speedup_graph_fwd_bwd")
+            col = (f"{r[f'{b}_speedup_fwd']:7.2f} {r[f'{b}_speedup_fwd_bwd']:7.2f} "
+                   f"{('%5.2f' % graph) if graph else '    -'} {100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
+        else:
+            col = f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s} {'':5s}"
+        lines.append(f"{r['kernel']:40s} {r['batch']:5d} {col}")
     for key in ("gcn", "update_w"):
         lines.append(f"{key}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                                               for k, v in results[key].items()}))

@@ -32,7 +32,11 @@ def exact_float32():
 
 @pytest.fixture
 def fast_kernels_everywhere(monkeypatch):
-    """The measured table sends small CUDA ops to eager; the comparison wants the fast kernels."""
+    """The measured table sends small CUDA ops to eager; the comparison wants the fast kernels: of
+    the supernet's ops, only relu_dwconv has one on CUDA (the CUDA C++ kernel; the Triton relu_dwconv,
+    pool2d and group_batch_norm were removed, the graph engine's tests cover its own kernels)."""
+    if "cuda" not in dispatch.registered("relu_dwconv"):
+        pytest.skip("the CUDA C++ kernels are not built: no fast kernel serves the supernet's ops on CUDA")
     monkeypatch.setattr(dispatch_table, "TABLE", {})
 
 

@@ -97,6 +97,25 @@ def test_forcing_a_backend_that_lacks_the_op():
         dispatch._registry.pop("probe_op")
 
 
+@pytest.mark.parametrize("op", ["relu_dwconv", "pool2d", "group_batch_norm"])
+def test_forcing_triton_for_an_op_whose_triton_kernel_was_removed(op):
+    """The Triton relu_dwconv, pool2d and group_batch_norm are gone (the graph engine replaces them
+    on the GPU): forced per op, the call fails naming the backend and the op, whatever Triton's state
+    here; forced globally, the op runs its reference, as for any op a backend does not implement."""
+    from natfast.ops import pool2d, relu_dwconv
+    x = torch.randn(2, 3, 6, 6)
+    run = {"relu_dwconv": lambda: relu_dwconv(x, torch.randn(3, 1, 3, 3)), "pool2d": lambda: pool2d(x, "max"),
+           "group_batch_norm": lambda: group_batch_norm(x)}[op]
+    assert "triton" not in dispatch.registered(op)
+    with dispatch.use_backend("auto", **{op: "triton"}):
+        with pytest.raises(dispatch.BackendDeclined, match=rf"{op}: the triton backend is forced .* has no {op} here "
+                                                           r"\(the triton backend is "):
+            run()
+    with dispatch.recording() as used, dispatch.use_backend("triton"):
+        run()
+    assert used[op] == {"reference"}
+
+
 def test_scoring_only_and_measured_preferences_are_separate_reasons():
     dispatch.register("probe_op", "reference", lambda x: x)
     dispatch.register("probe_op", "cpu", lambda x: x, scoring_only=True,
