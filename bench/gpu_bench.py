@@ -1,14 +1,15 @@
-"""GPU benchmarks of the Triton backend against PyTorch eager (the reference path), same run.
+"""GPU benchmarks of natfast's GPU kernels against PyTorch eager (the reference path), same run.
 
-    python bench/gpu_bench.py [--out results.json] [--quick]
+    python bench/gpu_bench.py [--out results.json]
 
-Measures, at the search shapes (batch 64 and 256): each fused kernel forward+backward vs eager;
-the device-to-device copy bandwidth (the memory-bound yardstick); the batched GCN policy for 1024
-cells vs one cell at a time; the full update_w step (sampled path, batch 64) vs
-`use_backend("reference")`, the compiled executor, and the practical floor (a standalone network of
-the same architecture, its whole training step replayed as a CUDA graph). Every kernel is timed
-under each backend that serves it (reference = PyTorch eager, triton, cuda). Writes JSON and prints
-a short table last. Needs a CUDA GPU; `--smoke` runs the same code at tiny sizes on the CPU
+Measures the device-to-device copy bandwidth (the machine's memory yardstick); the batched GCN policy
+for 1024 cells vs one cell at a time, under each backend that serves it (reference = PyTorch eager,
+triton, cuda); the full update_w step (sampled path, batch 64) vs `use_backend("reference")`, the
+compiled executor, and the practical floor (a standalone network of the same architecture, its whole
+training step replayed as a CUDA graph). The per-kernel table (relu_dwconv, pool2d,
+group_batch_norm against eager at batch 64 and 256) is gone: their Triton kernels and the CUDA C++
+relu_dwconv were removed, having lost to eager (bench/RESULTS.md). Writes JSON and prints a short
+table last. Needs a CUDA GPU; `--smoke` runs the same code at tiny sizes on the CPU
 (Triton's interpreter) to check the script itself, timings meaningless.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's int
     os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
 
 from natfast.benchmarks.timing import median_ms  # noqa: E402
-from natfast.ops import dispatch, gcn_policy_logits, group_batch_norm, pool2d, relu_dwconv  # noqa: E402
+from natfast.ops import dispatch, gcn_policy_logits  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
 
 DEV = "cuda"
@@ -81,98 +82,11 @@ def copy_bandwidth(n: int = 256 * 2**20 // 4) -> dict:
     return {"bytes": 2 * src.numel() * 4, "ms": ms, "GBps": 2 * src.numel() * 4 / ms / 1e6}
 
 
-def fwd_bwd(op: str, make, run, backend: str) -> dict:
-    """Time forward+backward of run(*inputs) with `op` forced to `backend`, forward alone, and
-    forward+backward replayed as a CUDA graph (device time alone)."""
-    inputs = make()
-    dy = None
-
-    def forward():
-        with dispatch.use_backend("auto", **{op: backend}):
-            return run(*inputs)
-
-    try:
-        served = backends_used(forward).get(op)
-    except dispatch.BackendDeclined as exc:
-        raise LookupError(f"{backend} does not serve these inputs") from exc
-    if served != {backend}:
-        raise LookupError(f"{backend} does not serve these inputs")
-    with torch.no_grad():  # an output holding its graph would keep autograd nodes alive into the capture
-        out = forward()
-    dy = randn(*out.shape, dtype=out.dtype)
-    leaves = [t for t in inputs if torch.is_tensor(t) and t.requires_grad]
-
-    def both():
-        torch.autograd.grad(forward(), leaves, dy)
-
-    with torch.no_grad():
-        fwd_ms = gpu_time(forward)
-    times = {"fwd_ms": fwd_ms, "fwd_bwd_ms": gpu_time(both)}
-    if DEV == "cuda":
-        try:
-            times["graph_fwd_bwd_ms"] = graph_time(both)
-        except Exception as exc:  # not capturable: the eager times still stand
-            times["graph_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    return times
-
-
 def backends_used(fn) -> dict:
     """{op: backend names} that dispatch picked while fn() ran (what a timing measured)."""
     with dispatch.recording() as used:
         fn()
     return used
-
-
-def kernel_cases(batch: int):
-    """(name, op, make inputs, run, bytes moved by the forward)."""
-    def x(c, h, dtype=torch.float32):
-        return lambda: [randn(batch, c, h, h, dtype=dtype, requires_grad=True)]
-
-    cases = []
-    for c, h, k, s, d in [(16, 32, 3, 1, 1), (16, 32, 5, 1, 2), (32, 16, 3, 2, 1), (64, 8, 5, 1, 1)]:
-        def make(c=c, h=h, k=k):
-            return x(c, h)() + [randn(c, 1, k, k, requires_grad=True)]
-        ho = (h - 1) // s + 1
-        cases.append((f"relu_dwconv C{c} {h}x{h} k{k} s{s} d{d}", "relu_dwconv", make,
-                      lambda a, w, s=s, d=d: relu_dwconv(a, w, s, d), 4 * batch * c * (h * h + ho * ho)))
-    for kind, c, h in [("max", 16, 32), ("avg", 32, 16)]:
-        cases.append((f"pool2d {kind} C{c} {h}x{h} k3", "pool2d", x(c, h),
-                      lambda a, kind=kind: pool2d(a, kind, 3, 1), 8 * batch * c * h * h))
-    for c, h, groups in [(16, 32, None), (32, 16, (batch // 4,) * 4)]:
-        cases.append((f"group_bn C{c} {h}x{h} groups={1 if groups is None else len(groups)}", "group_batch_norm",
-                      x(c, h), lambda a, g=groups: group_batch_norm(a, g), 12 * batch * c * h * h))
-    return cases
-
-
-def bench_kernels(batches, bandwidth_gbps: float) -> list:
-    """One row per (case, batch): each backend's forward and forward+backward ms, and each fast
-    backend's speedup over the reference and its forward bandwidth as a fraction of the copy's."""
-    rows = []
-    for batch in batches:
-        for name, op, make, run, nbytes in kernel_cases(batch):
-            progress(f"kernel {name}, batch {batch}")
-            row = {"kernel": name, "batch": batch}
-            for backend in BACKENDS:
-                if backend not in dispatch.registered(op):
-                    continue
-                try:
-                    times = fwd_bwd(op, make, run, backend)
-                except LookupError:
-                    continue
-                except Exception as exc:  # one broken case must not hide the others
-                    row[f"{backend}_error"] = f"{type(exc).__name__}: {exc}"
-                    traceback.print_exc()
-                    continue
-                row.update({f"{backend}_{key}": value for key, value in times.items()})
-                f, fb = times["fwd_ms"], times["fwd_bwd_ms"]
-                if backend != "reference" and "reference_fwd_ms" in row:
-                    row[f"{backend}_speedup_fwd"] = row["reference_fwd_ms"] / f
-                    row[f"{backend}_speedup_fwd_bwd"] = row["reference_fwd_bwd_ms"] / fb
-                    row[f"{backend}_fwd_fraction_of_copy"] = nbytes / f / 1e6 / bandwidth_gbps
-                    if "graph_fwd_bwd_ms" in times and "reference_graph_fwd_bwd_ms" in row:
-                        row[f"{backend}_speedup_graph_fwd_bwd"] = row["reference_graph_fwd_bwd_ms"] / times["graph_fwd_bwd_ms"]
-            rows.append(row)
-    return rows
 
 
 def bench_gcn(cells: int = 1024, loop_cells: int = 1024) -> dict:
@@ -293,21 +207,7 @@ def bench_update_w(batch: int = 64, steps: int = 6, channels: int = 20, layers: 
 
 def table(results: dict) -> str:
     lines = [f"GPU check: {results['device']}, torch {results['torch']}, triton {results['triton']}",
-             f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s",
-             "speedups over PyTorch eager (x) and forward bandwidth as % of the copy's, per backend"]
-    lines.append("(graph: forward+backward replayed as a CUDA graph, i.e. device time without launch cost)")
-    lines.append(f"{'kernel':40s} {'batch':>5s} {'tri fwd':>7s} {'tri f+b':>7s} {'graph':>5s} {'%copy':>5s} "
-                 f"{'cu fwd':>7s} {'cu f+b':>7s} {'graph':>5s} {'%copy':>5s}")
-    for r in results["kernels"]:
-        cols = []
-        for b in ("triton", "cuda"):
-            if f"{b}_speedup_fwd" in r:
-                graph = r.get(f"{b}_speedup_graph_fwd_bwd")
-                cols.append(f"{r[f'{b}_speedup_fwd']:7.2f} {r[f'{b}_speedup_fwd_bwd']:7.2f} "
-                            f"{('%5.2f' % graph) if graph else '    -'} {100 * r[f'{b}_fwd_fraction_of_copy']:4.0f}%")
-            else:
-                cols.append(f"{('ERROR' if f'{b}_error' in r else '-'):>7s} {'':7s} {'':5s} {'':5s}")
-        lines.append(f"{r['kernel']:40s} {r['batch']:5d} {cols[0]} {cols[1]}")
+             f"copy bandwidth: {results['copy']['GBps']:.0f} GB/s"]
     for key in ("gcn", "update_w"):
         lines.append(f"{key}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
                                               for k, v in results[key].items()}))
@@ -318,7 +218,6 @@ def main() -> None:
     global DEV
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="JSON file (default: $OUT/gpu_bench.json or ./gpu_results/)")
-    parser.add_argument("--quick", action="store_true", help="batch 64 only")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (Triton interpreter): checks the script")
     args = parser.parse_args()
     if args.smoke:
@@ -334,8 +233,6 @@ def main() -> None:
                "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
                "backends": load_all()}
     results["copy"] = copy_bandwidth(2**16 if args.smoke else 256 * 2**20 // 4)
-    batches = [4] if args.smoke else [64] if args.quick else [64, 256]
-    results["kernels"] = bench_kernels(batches, results["copy"]["GBps"])
     jobs = (("gcn", lambda: bench_gcn(8, 2) if args.smoke else bench_gcn()),
             ("update_w", lambda: bench_update_w(4, 2, 4, 5) if args.smoke else bench_update_w()))
     for key, fn in jobs:

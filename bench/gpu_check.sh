@@ -51,7 +51,7 @@ tests_rc=$?
 tests_summary=$(tail -n 1 "$RESULTS/pytest.log")
 [ $tests_rc -eq 0 ] || grep -E "^(FAILED|ERROR)" "$RESULTS/pytest.log" | head -n 30
 
-stage "kernel, GCN and update_w benchmarks (log: $RESULTS/bench.log)"
+stage "GCN and update_w benchmarks (log: $RESULTS/bench.log)"
 run_for 150 "$PYTHON" bench/gpu_bench.py --out "$RESULTS/gpu_bench.json" >"$RESULTS/bench.log" 2>&1
 bench_rc=$?
 [ $bench_rc -eq 0 ] || tail -n 30 "$RESULTS/bench.log"
@@ -64,7 +64,7 @@ stage "step, derive, dispatch-table and executor benchmarks (log: $RESULTS/natfa
   run_for 40 "$PYTHON" -m natfast bench executor --device cuda --json >"$RESULTS/executor.json"
 } >"$RESULTS/natfast_bench.log" 2>&1
 cat "$RESULTS/steps.json" "$RESULTS/derive.json" "$RESULTS/executor.json" 2>/dev/null
-grep -E "^(relu_dwconv|pool2d|group_batch_norm|gcn_policy_logits|measuring|TABLE|skipped)" "$RESULTS/natfast_bench.log"
+grep -E "^(gcn_policy_logits|measuring|TABLE|skipped)" "$RESULTS/natfast_bench.log"
 
 stage "done"
 echo "build: $build | graph rc $graph_rc | tests (rc $tests_rc): $tests_summary | bench rc $bench_rc"

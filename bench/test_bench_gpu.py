@@ -1,10 +1,11 @@
-"""pytest-benchmark timings of the Triton kernels vs eager on a GPU (skipped without CUDA):
+"""pytest-benchmark timings of natfast's GPU kernels vs eager on a GPU (skipped without CUDA):
     pytest bench/test_bench_gpu.py --benchmark-only
+(relu_dwconv is no longer timed here: its Triton and CUDA C++ kernels were removed.)
 """
 import pytest
 import torch
 
-from natfast.ops import dispatch, gcn_policy_logits, relu_dwconv
+from natfast.ops import dispatch, gcn_policy_logits
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
 
@@ -17,19 +18,6 @@ def _timed(benchmark, fn, op, backend):
         run()  # compile outside the timing
     assert used.get(op) == {backend}, f"timing {op} under {backend} would time {used}"
     benchmark(run)
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("batch", [64, 256])
-def test_relu_dwconv_fwd_bwd(benchmark, backend, batch):
-    x = torch.randn(batch, 16, 32, 32, device="cuda", requires_grad=True)
-    w = torch.randn(16, 1, 3, 3, device="cuda", requires_grad=True)
-
-    def step():
-        with dispatch.use_backend("auto", relu_dwconv=backend):
-            y = relu_dwconv(x, w, 1, 1)
-        torch.autograd.grad(y, (x, w), torch.ones_like(y))
-    _timed(benchmark, step, "relu_dwconv", backend)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

@@ -20,7 +20,8 @@ def _user_errors():
     from .checkpoint import CheckpointError
     from .data import DataError
     from .genotype import GenotypeError
-    return (CheckpointError, DataError, GenotypeError, UserError, ValueError, FileNotFoundError)
+    from .ops.dispatch import BackendDeclined  # a backend forced (NATFAST_BACKEND) that cannot run a call
+    return (CheckpointError, DataError, GenotypeError, BackendDeclined, UserError, ValueError, FileNotFoundError)
 
 
 def _run_failures():

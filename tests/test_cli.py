@@ -93,6 +93,17 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
     assert message in err and "Traceback" not in err
 
 
+def test_a_forced_backend_that_cannot_run_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """NATFAST_BACKEND=relu_dwconv=triton (a kernel since removed): BackendDeclined at the first
+    training step, reported as a user error, not a traceback."""
+    monkeypatch.setenv("NATFAST_BACKEND", "relu_dwconv=triton")
+    code = main(["search", "--preset", "tiny", "--channels", "4", "--layers", "3", "--batch-size", "4",
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "natfast search: error: relu_dwconv: the triton backend is forced" in err and "Traceback" not in err
+
+
 def test_malformed_genotype_file(tmp_path, capsys):
     bad = tmp_path / "arch.txt"
     darts, _ = get_named("DARTS")

@@ -1,5 +1,6 @@
-"""The CUDA C++ kernels (csrc/cuda) against the reference path, forward and backward, and the
-compiled executor on CUDA (with CUDA-graph replay). Run on a GPU by bench/gpu_check.sh."""
+"""The CUDA C++ kernels (csrc/cuda: the GCN policy's; the CUDA C++ relu_dwconv was removed) against
+the reference path, forward and backward, and the compiled executor on CUDA (with CUDA-graph
+replay). Run on a GPU by bench/gpu_check.sh."""
 import random
 
 import pytest
@@ -9,18 +10,17 @@ from natfast import executor
 from natfast.genotype import NAMED, get_family
 from natfast.ops import dispatch, dispatch_table
 from natfast.ops.backends import cuda as cuda_backend
-from natfast.ops.depthwise import relu_dwconv_reference
 from natfast.ops.gcn import gcn_policy_logits_reference
 from natfast.supernet import Supernet
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
-    pytest.mark.skipif(not cuda_backend._has_cuda_kernel("cuda_dwconv_forward"),
+    pytest.mark.skipif(not cuda_backend._has_cuda_kernel("cuda_gcn_forward"),
                        reason="natfast._C was built without the CUDA kernels"),
 ]
 
-# Summation-order differences of float32/float64 sums (half precision: see test_dwconv_half_precision).
+# Summation-order differences of float32/float64 sums.
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
@@ -29,64 +29,6 @@ def grads(fn, inputs, grad_out):
     out = fn(*inputs)
     out.backward(grad_out)
     return out.detach(), [t.grad for t in inputs]
-
-
-@pytest.mark.parametrize("kernel", [3, 5])
-@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2), (2, 2)])
-@pytest.mark.parametrize("shape", [(2, 5, 9, 11), (1, 3, 8, 8), (3, 16, 32, 32)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dwconv_matches_reference(kernel, stride, dilation, shape, dtype):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
-    w = torch.randn(shape[1], 1, kernel, kernel, device="cuda", dtype=dtype, generator=g)
-    y_ref = relu_dwconv_reference(x, w, stride, dilation)
-    grad_out = torch.randn(y_ref.shape, device="cuda", dtype=dtype, generator=g)
-    expected = grads(lambda a, b: relu_dwconv_reference(a, b, stride, dilation), [x, w], grad_out)
-    got = grads(lambda a, b: cuda_backend.relu_dwconv(a, b, stride, dilation), [x, w], grad_out)
-    torch.testing.assert_close(got[0], expected[0], **TOL[dtype])
-    torch.testing.assert_close(got[1][0], expected[1][0], **TOL[dtype])
-    torch.testing.assert_close(got[1][1], expected[1][1], **TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_dwconv_half_precision(dtype):
-    """Against the reference in float32 on the same inputs rounded to the dtype. The kernels read the
-    dtype, accumulate in float32 (at::opmath_type) and round each result once: at most eps/2 of its
-    value (rtol = eps). Left in the absolute term: float32 summation-order differences, for the weight
-    gradient sums of 1024 products of size ~1 (about 1024 * 2**-24 * 10 = 6e-4: atol = 1e-3)."""
-    x = torch.randn(4, 8, 16, 16, device="cuda").to(dtype)
-    w = (torch.randn(8, 1, 3, 3, device="cuda") * 0.3).to(dtype)
-    grad_out = torch.randn(4, 8, 16, 16, device="cuda").to(dtype)
-    expected = grads(lambda a, b: relu_dwconv_reference(a, b, 1, 1), [x.float(), w.float()], grad_out.float())
-    got = grads(lambda a, b: cuda_backend.relu_dwconv(a, b, 1, 1), [x, w], grad_out)
-    eps = torch.finfo(dtype).eps
-    for value, reference in zip([got[0], *got[1]], [expected[0], *expected[1]]):
-        assert value.dtype == dtype
-        torch.testing.assert_close(value.float(), reference, rtol=eps, atol=1e-3)
-
-
-def test_dwconv_non_contiguous_input():
-    x = torch.randn(2, 6, 10, 12, device="cuda").transpose(2, 3)  # (2, 6, 12, 10), strided
-    w = torch.randn(6, 1, 3, 3, device="cuda")
-    grad_out = torch.randn(2, 6, 12, 10, device="cuda")
-    expected = grads(lambda a, b: relu_dwconv_reference(a, b, 1, 1), [x, w], grad_out)
-    got = grads(lambda a, b: cuda_backend.relu_dwconv(a, b, 1, 1), [x, w], grad_out)
-    for a, b in zip([got[0], *got[1]], [expected[0], *expected[1]]):
-        torch.testing.assert_close(a, b, **TOL[torch.float32])
-
-
-def test_dwconv_weight_grad_is_deterministic():
-    x = torch.randn(64, 20, 32, 32, device="cuda")
-    grad_out = torch.randn(64, 20, 32, 32, device="cuda")
-    first = torch.ops.natfast.cuda_dwconv_backward_weight(grad_out, x, 5, 1, 1)
-    for _ in range(3):
-        assert torch.equal(torch.ops.natfast.cuda_dwconv_backward_weight(grad_out, x, 5, 1, 1), first)
-
-
-def test_dwconv_gradcheck():
-    x = torch.randn(1, 2, 5, 6, device="cuda", dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 1, 3, 3, device="cuda", dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: cuda_backend.relu_dwconv(a, b, 2, 2), (x, w))
 
 
 def gcn_inputs(graphs, nodes, dtype, features=64, hidden=64, outputs=26, seed=0):
@@ -116,10 +58,12 @@ def test_gcn_gradcheck():
 
 
 def test_dispatch_picks_cuda_for_supported_calls(monkeypatch):
-    x = torch.randn(2, 4, 8, 8, device="cuda")
-    w = torch.randn(4, 1, 3, 3, device="cuda")
+    inputs = gcn_inputs(4, 6, torch.float32)
     monkeypatch.setattr(dispatch_table, "TABLE", {})  # the default order, before measured rules
-    assert dispatch.resolve("relu_dwconv", "cuda", x, w, 1, 1)[0] == "cuda"
+    assert dispatch.resolve("gcn_policy_logits", "cuda", *inputs)[0] == "cuda"
+    # The CUDA C++ relu_dwconv was removed: on CUDA it runs its reference.
+    x, w = torch.randn(2, 4, 8, 8, device="cuda"), torch.randn(4, 1, 3, 3, device="cuda")
+    assert dispatch.resolve("relu_dwconv", "cuda", x, w, 1, 1)[0] == "reference"
 
 
 @pytest.mark.parametrize("name", ["DARTS", "ENAS", "NAT_DARTS", "NAONet_B"])

@@ -97,6 +97,38 @@ def test_forcing_a_backend_that_lacks_the_op():
         dispatch._registry.pop("probe_op")
 
 
+def _check_removed_kernel(backend, op, device="cpu"):
+    """Forced per op, the call fails naming the backend and the op, whatever the backend's state
+    here; forced globally, the op runs its reference, as for any op a backend does not implement."""
+    from natfast.ops import pool2d, relu_dwconv
+    x = torch.randn(2, 3, 6, 6, device=device)
+    run = {"relu_dwconv": lambda: relu_dwconv(x, torch.randn(3, 1, 3, 3, device=device)),
+           "pool2d": lambda: pool2d(x, "max"), "group_batch_norm": lambda: group_batch_norm(x)}[op]
+    assert backend not in dispatch.registered(op)
+    with dispatch.use_backend("auto", **{op: backend}):
+        with pytest.raises(dispatch.BackendDeclined, match=rf"{op}: the {backend} backend is forced .* has no {op} "
+                                                           rf"here \(the {backend} backend is "):
+            run()
+    with dispatch.recording() as used, dispatch.use_backend(backend):
+        run()
+    assert used[op] == {"reference"}
+
+
+@pytest.mark.parametrize("op", ["relu_dwconv", "pool2d", "group_batch_norm"])
+def test_forcing_triton_for_an_op_whose_triton_kernel_was_removed(op):
+    """The Triton relu_dwconv, pool2d and group_batch_norm are gone (the graph engine replaces them
+    on the GPU)."""
+    _check_removed_kernel("triton", op)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU"))])
+def test_forcing_cuda_for_relu_dwconv_whose_cuda_kernel_was_removed(device):
+    """The CUDA C++ relu_dwconv (csrc/cuda/dwconv.cu) is gone too (it lost to eager at every batch on
+    an H100): NATFAST_BACKEND=relu_dwconv=cuda fails clearly, on CPU and CUDA tensors alike."""
+    _check_removed_kernel("cuda", "relu_dwconv", device)
+
+
 def test_scoring_only_and_measured_preferences_are_separate_reasons():
     dispatch.register("probe_op", "reference", lambda x: x)
     dispatch.register("probe_op", "cpu", lambda x: x, scoring_only=True,

@@ -4,12 +4,6 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(natfast, m) {
-  // y = conv2d(relu(x), weight, groups=C), 'same' padding dilation*(k-1)/2; weight (C, 1, k, k).
-  m.def("cuda_dwconv_forward(Tensor x, Tensor weight, int stride, int dilation) -> Tensor");
-  // d loss / d x of the above (ReLU mask included).
-  m.def("cuda_dwconv_backward_input(Tensor grad_out, Tensor x, Tensor weight, int stride, int dilation) -> Tensor");
-  // d loss / d weight of the above, (C, 1, k, k); deterministic.
-  m.def("cuda_dwconv_backward_weight(Tensor grad_out, Tensor x, int kernel_size, int stride, int dilation) -> Tensor");
   // natfast.ops.gcn.gcn_policy_logits for a batch of graphs: (logits, h1, h2); h1, h2 are the two
   // graph-convolution outputs the backward needs.
   m.def("cuda_gcn_forward(Tensor adj, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor wh, "

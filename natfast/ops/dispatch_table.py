@@ -30,17 +30,16 @@ SIZE_OF: Dict[str, Callable[..., int]] = {
     "gcn_policy_logits": lambda adj, *args, **kwargs: adj.shape[0],
 }
 
-# Measured on an H100 (torch 2.11, Triton 3.6; bench/RESULTS.md, "GPU (H100)"), without the CUDA C++
-# backend (its build failed in that run). At the search shapes every Triton kernel lost
-# to PyTorch eager in per-call time, where the host's launch cost dominates, so eager serves them.
-# The CUDA C++ kernels are unmeasured: forced (NATFAST_BACKEND / use_backend) they still run.
+# Measured on an H100 (torch 2.11, Triton 3.6; bench/RESULTS.md, "GPU (H100)"). At the search
+# shapes every Triton kernel lost to PyTorch eager in per-call time, where the host's launch cost
+# dominates, so eager serves them. The second run (2026-12-06) measured the CUDA C++ relu_dwconv too:
+# it lost to eager at every batch 1-256 (0.25-0.74 ms against 0.21-0.25 ms). The Triton relu_dwconv,
+# pool2d and group_batch_norm and the CUDA C++ relu_dwconv have since been removed, and with them
+# their rules: on CUDA only their reference is left. The CUDA C++ gcn_policy_logits is still
+# unmeasured (that run's GCN measurement was cut off): the rule below keeps it off; forced
+# (NATFAST_BACKEND / use_backend) it still runs.
 _EAGER_FIRST = [Rule(float("inf"), ("reference", "triton"))]
 TABLE: Dict[Tuple[str, str], List[Rule]] = {
-    # `python -m natfast.ops.dispatch_table`: batch 1-256 at C=40 16x16, eager 1.8-4.7x faster.
-    ("cuda", "relu_dwconv"): list(_EAGER_FIRST),
-    # bench/gpu_bench.py at batch 64 and 256: eager 1.03-2.5x faster forward+backward.
-    ("cuda", "pool2d"): list(_EAGER_FIRST),
-    ("cuda", "group_batch_norm"): list(_EAGER_FIRST),
     # bench/gpu_bench.py, 1024 cell graphs forward+backward: batched eager 1.75 ms, Triton 2.25 ms.
     ("cuda", "gcn_policy_logits"): list(_EAGER_FIRST),
 }
@@ -129,10 +128,10 @@ def rules_from(measurements: List[Tuple[int, Dict[str, float]]], sizes_of: Calla
 
 
 def _measure_gpu() -> None:
-    """Measure relu_dwconv, pool2d, group_batch_norm and gcn_policy_logits at the sizes the
-    supernet and policy use, every backend against the others (the current TABLE is ignored while
-    measuring: each backend is forced); print the rules (for TABLE) and the raw times (for
-    bench/RESULTS.md)."""
+    """Measure gcn_policy_logits at the sizes the policy uses, every backend against the others (the
+    current TABLE is ignored while measuring: each backend is forced); print the rules (for TABLE)
+    and the raw times (for bench/RESULTS.md). relu_dwconv, pool2d and group_batch_norm are no longer
+    measured: on CUDA only their reference is left."""
     import torch
 
     import natfast.ops  # noqa: F401  (registers the backends)
@@ -140,25 +139,13 @@ def _measure_gpu() -> None:
     dev = torch.device("cuda")
     backends = ("cuda", "triton", "reference")
 
-    def dwconv_args(batch):  # the widest cells of the default search supernet: C=80 at 8x8 .. C=20 at 32x32
-        x = torch.randn(batch, 40, 16, 16, device=dev, requires_grad=True)
-        w = torch.randn(40, 1, 3, 3, device=dev, requires_grad=True)
-        return x, w, 1, 1
-
-    def activation(batch):  # a middle cell of the default search supernet
-        return torch.randn(batch, 40, 16, 16, device=dev, requires_grad=True)
-
     def gcn_args(graphs):
         n, f, h, o = 6, 64, 64, 26
         t = lambda *s: torch.randn(*s, device=dev, requires_grad=True)
         return (torch.rand(graphs, n, n, device=dev), t(graphs, n, f), t(f, h), t(h), t(h, h), t(h), t(h, o), t(o))
 
-    batches, per_sample = [1, 4, 16, 64, 256], lambda b: b * 40 * 16 * 16
     for op, make, sizes, size_of in (
-            ("relu_dwconv", dwconv_args, batches, per_sample),
-            ("pool2d", lambda b: (activation(b), "max", 3, 1), batches, per_sample),
-            ("group_batch_norm", lambda b: (activation(b), None), batches, per_sample),
-            ("gcn_policy_logits", gcn_args, [1, 8, 64, 512, 4096], lambda g: g)):
+            ("gcn_policy_logits", gcn_args, [1, 8, 64, 512, 4096], lambda g: g),):
         print(f"measuring {op} ...", flush=True)
         found = measure(op, make, sizes, backends)
         for size, times in found:

@@ -1,7 +1,10 @@
-"""CUDA C++ kernels (csrc/cuda) as a dispatch backend: fused ReLU + depthwise convolution and the
-GCN policy's batched message passing, each an autograd Function over the natfast::cuda_* operators.
+"""CUDA C++ kernels (csrc/cuda) as a dispatch backend: the GCN policy's batched message passing, an
+autograd Function over the natfast::cuda_gcn_* operators.
 
-Active when the compiled extension carries CUDA kernels and a GPU is visible.
+Active when the compiled extension carries CUDA kernels and a GPU is visible. The CUDA C++
+relu_dwconv (csrc/cuda/dwconv.cu) was removed: on an H100 it lost to PyTorch eager at every batch
+1-256 (bench/RESULTS.md, "dispatch table"), the dispatch table kept it off, and only forcing reached
+it; forcing it now (NATFAST_BACKEND=relu_dwconv=cuda) raises dispatch.BackendDeclined.
 """
 from __future__ import annotations
 
@@ -11,52 +14,13 @@ from ... import _ext
 from .. import dispatch
 from ..dispatch import Reason
 
-_OPS = ("cuda_dwconv_forward", "cuda_dwconv_backward_input", "cuda_dwconv_backward_weight",
-        "cuda_gcn_forward", "cuda_gcn_backward")
-_DWCONV_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_OPS = ("cuda_gcn_forward", "cuda_gcn_backward")
 _GCN_DTYPES = (torch.float32, torch.float64)
 GCN_SHARED_LIMIT = 48 * 1024  # bytes of shared memory per block the GCN kernels may use (csrc/cuda/gcn.cu)
 
 
 def _has_cuda_kernel(name: str) -> bool:
     return _ext.has_op(name) and torch._C._dispatch_has_kernel_for_dispatch_key(f"natfast::{name}", "CUDA")
-
-
-class _ReluDwconv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.dilation = stride, dilation
-        return torch.ops.natfast.cuda_dwconv_forward(x, weight, stride, dilation)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.natfast.cuda_dwconv_backward_input(grad, x, weight, ctx.stride, ctx.dilation)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.ops.natfast.cuda_dwconv_backward_weight(grad, x, weight.shape[-1], ctx.stride, ctx.dilation)
-        return grad_x, grad_w, None, None
-
-
-def relu_dwconv(x, weight, stride, dilation):
-    return _ReluDwconv.apply(x, weight, stride, dilation)
-
-
-def relu_dwconv_limits(x, weight, stride, dilation) -> Reason:
-    """CUDA float16/bfloat16/float32/float64, a square 3x3 or 5x5 depthwise filter."""
-    if not (x.is_cuda and weight.is_cuda):
-        return "not CUDA tensors"
-    if x.dtype not in _DWCONV_DTYPES or weight.dtype != x.dtype:
-        return f"input {x.dtype}, weight {weight.dtype} (one of float16, bfloat16, float32, float64)"
-    if not (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
-            and weight.shape[2] == weight.shape[3]):
-        return f"weight {tuple(weight.shape)} is not a square depthwise filter of a 4-D input's channels"
-    if weight.shape[2] not in (3, 5):
-        return f"a {weight.shape[2]}x{weight.shape[2]} filter (3x3 and 5x5 only)"
-    return None if stride >= 1 and dilation >= 1 else f"stride {stride}, dilation {dilation}"
 
 
 class _GcnPolicyLogits(torch.autograd.Function):
@@ -107,8 +71,7 @@ def register() -> str:
             return "inactive: the extension was built without the CUDA kernels"
         if not torch.cuda.is_available():
             return "inactive: no CUDA GPU visible"
-        dispatch.register("relu_dwconv", "cuda", relu_dwconv, relu_dwconv_limits)
         dispatch.register("gcn_policy_logits", "cuda", gcn_policy_logits, gcn_policy_logits_limits)
-        return "active: relu_dwconv, gcn_policy_logits"
+        return "active: gcn_policy_logits"
     except Exception as exc:  # a broken build must never break `import natfast`
         return f"inactive: {type(exc).__name__}: {exc}"

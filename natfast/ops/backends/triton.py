@@ -7,6 +7,11 @@ implementations are also registered for CPU tensors and run in Triton's interpre
 Triton is imported only in those two cases, so `import natfast` stays cheap without a GPU.
 CPU tensors are not in dispatch's default CPU preference list: reach this backend on CPU with
 `dispatch.use_backend("triton")` or NATFAST_BACKEND=triton.
+
+The per-op kernels relu_dwconv, pool2d and group_batch_norm were removed: on an H100 they lost to
+PyTorch eager (bench/RESULTS.md, "GPU (H100)"), and on the GPU search step the graph engine
+(natfast/graph/, kernels/graph_*.py) replaces them. Forcing this backend for one of them
+(NATFAST_BACKEND=relu_dwconv=triton) raises dispatch.BackendDeclined: it has no such op.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -67,94 +72,6 @@ def _served(*tensors: torch.Tensor) -> Reason:
 
 def _empty(x: torch.Tensor) -> Reason:
     return "an empty input" if x.numel() == 0 else None
-
-
-# ----------------------------------------------------------------------------- relu_dwconv
-class _ReLUDWConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride, dilation):
-        x, weight = x.contiguous(), weight.contiguous()
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, dilation)
-        return load_kernels().dwconv.forward(x, weight, stride, dilation)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        k, dy = load_kernels().dwconv, dy.contiguous()
-        dx = k.input_grad(x, weight, dy, *ctx.conv) if ctx.needs_input_grad[0] else None
-        dw = k.weight_grad(x, weight, dy, *ctx.conv) if ctx.needs_input_grad[1] else None
-        return dx, dw, None, None
-
-
-def relu_dwconv(x, weight, stride=1, dilation=1):
-    return _ReLUDWConv.apply(x, weight, stride, dilation)
-
-
-def _relu_dwconv_limits(x, weight, stride=1, dilation=1) -> Reason:
-    """CUDA (or interpreted CPU) float32/float16/bfloat16, a square 3x3 or 5x5 depthwise filter."""
-    if not (x.dim() == 4 and weight.dim() == 4 and weight.shape[0] == x.shape[1] and weight.shape[1] == 1
-            and weight.shape[2] == weight.shape[3]):
-        return f"weight {tuple(weight.shape)} is not a square depthwise filter of a 4-D input's channels"
-    if weight.shape[2] not in (3, 5):
-        return f"a {weight.shape[2]}x{weight.shape[2]} filter (3x3 and 5x5 only)"
-    if x.dtype != weight.dtype:
-        return f"input {x.dtype}, weight {weight.dtype}"
-    return _empty(x) or _served(x, weight)
-
-
-# ----------------------------------------------------------------------------- pool2d
-class _Pool2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, kind, kernel, stride):
-        y, index = load_kernels().pool.forward(x.contiguous(), kind, kernel, stride, save_index=x.requires_grad)
-        ctx.save_for_backward(index)
-        ctx.meta = (tuple(x.shape), kind, kernel, stride)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        (index,) = ctx.saved_tensors
-        return load_kernels().pool.backward(dy.contiguous(), index, *ctx.meta), None, None, None
-
-
-def pool2d(x, kind, kernel=3, stride=1):
-    return _Pool2d.apply(x, kind, kernel, stride)
-
-
-def _pool2d_limits(x, kind, kernel=3, stride=1) -> Reason:
-    """CUDA (or interpreted CPU) float32/float16/bfloat16 (N, C, H, W), 3x3 or 5x5 windows."""
-    if x.dim() != 4:
-        return f"a {x.dim()}-D input"
-    if kernel not in (3, 5):
-        return f"a {kernel}x{kernel} window (3x3 and 5x5 only)"
-    return _empty(x) or _served(x)
-
-
-# ----------------------------------------------------------------------------- group_batch_norm
-class _GroupBatchNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, groups, eps):
-        y, saved = load_kernels().batchnorm.forward(x.contiguous(), groups, eps)
-        ctx.save_for_backward(y, *saved[:2])
-        ctx.meta = (groups, eps, saved[2])
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        y, part, shift = ctx.saved_tensors
-        groups, eps, split = ctx.meta
-        dx = load_kernels().batchnorm.backward(dy.contiguous(), y, groups, eps, (part, shift, split))
-        return dx, None, None
-
-
-def group_batch_norm(x, groups: Optional[Sequence[int]] = None, eps: float = 1e-5):
-    return _GroupBatchNorm.apply(x, tuple(groups) if groups is not None else (x.shape[0],), eps)
-
-
-def _group_batch_norm_limits(x, groups=None, eps=1e-5) -> Reason:
-    """CUDA (or interpreted CPU) float32/float16/bfloat16 (N, C, H, W)."""
-    return (f"a {x.dim()}-D input" if x.dim() != 4 else None) or _empty(x) or _served(x)
 
 
 # ----------------------------------------------------------------------------- gcn_policy_logits
@@ -250,9 +167,6 @@ def _masked_sgd_limits(param, grad, buf, segment_of, used, started, scale, *hype
 
 
 OPS = {
-    "relu_dwconv": (relu_dwconv, _relu_dwconv_limits),
-    "pool2d": (pool2d, _pool2d_limits),
-    "group_batch_norm": (group_batch_norm, _group_batch_norm_limits),
     "gcn_policy_logits": (gcn_policy_logits, _gcn_limits),
     "masked_sample": (masked_sample, _masked_sample_limits),
     "masked_sgd": (masked_sgd, _masked_sgd_limits),
