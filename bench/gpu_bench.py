@@ -32,6 +32,7 @@ if "--smoke" in sys.argv:  # before natfast registers its backends: Triton's int
     os.environ.setdefault("NATFAST_TRITON_INTERPRET", "1")
 
 from natfast.benchmarks.timing import median_ms  # noqa: E402
+from natfast.graph.cuda_graph import capture  # noqa: E402
 from natfast.ops import dispatch, gcn_policy_logits  # noqa: E402
 from natfast.ops.backends import load_all  # noqa: E402
 
@@ -63,15 +64,7 @@ def graph_time(fn) -> float:
     """Median ms of fn() captured once as a CUDA graph and replayed: the device's time without the
     host's per-launch cost, which dominates gpu_time at these small shapes. Raises where fn cannot be
     captured (a host-to-device copy or a sync inside it)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up off the capture stream (compiles, caches, allocations)
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph, _ = capture(fn, warmup=3)
     return gpu_time(graph.replay)
 
 

@@ -38,6 +38,7 @@ if SMOKE:  # before natfast registers its backends: the interpreter serves CPU t
 
 from natfast.genotype import get_family  # noqa: E402
 from natfast.graph.check import EagerTwin, step_against_eager  # noqa: E402
+from natfast.graph.cuda_graph import capture  # noqa: E402
 from natfast.graph.engine import GraphEngine  # noqa: E402
 from natfast.network import Network  # noqa: E402
 from natfast.sampler import sample_genotype  # noqa: E402
@@ -84,15 +85,7 @@ def floor_ms(genotype, family, x, y, channels: int, layers: int) -> float:
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         opt.step()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture(step, warmup=3)
     return cuda_ms(graph.replay)
 
 

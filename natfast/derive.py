@@ -90,8 +90,9 @@ def score_architectures(supernet: Supernet, archs: List[Genotype], loader: Batch
     auto where the graph engine is chosen: natfast/graph/engine.py), one lane per architecture on
     the graph engine's kernels, accumulated on the device and read back once."""
     from .graph import engine as graph
+    from .graph.scoring import MAX_LANES, LaneScorer
     device = supernet.classifier.weight.device
-    scorer = graph.LaneScorer(supernet, len(archs)) if graph.chosen(engine, device, supernet) else None
+    scorer = LaneScorer(supernet, min(len(archs), MAX_LANES)) if graph.chosen(engine, device, supernet) else None
     correct, total = torch.zeros(len(archs), device=device if scorer else "cpu"), 0
     for i, (x, y) in enumerate(loader.epoch(0)):
         if max_batches and i >= max_batches:

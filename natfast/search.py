@@ -215,7 +215,8 @@ class Searcher:
         betas, samples, alphas = self.draw_transformations(gen)
         archs = betas + [a for row in alphas for a in row]
         if self.graph is not None:  # one lane per architecture, nothing read back (natfast/graph/scoring.py)
-            accs = self.graph.scorer(len(archs)).accuracies(x, y, archs)
+            from .graph.scoring import MAX_LANES
+            accs = self.graph.scorer(min(len(archs), MAX_LANES)).accuracies(x, y, archs)
         else:
             accs = torch.tensor(score_batch(self.supernet, x, y, archs), device=self.device)
         beta_acc = accs[: len(betas)]

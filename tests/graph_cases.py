@@ -108,3 +108,20 @@ class NoHostSync(TorchDispatchMode):
                 and any(t.device.type != "cpu" for t in tensors)):
             raise AssertionError(f"copy to the host: {func}")
         return result
+
+
+class LaunchRecorder:
+    """Every Triton launch of one kernel class (the interpreter's or the JIT's): kernel, grid,
+    arguments (a tensor as its address, shape and dtype); the launches still run."""
+
+    def __init__(self, monkeypatch, kernel_class):
+        self.launches = []
+        run = kernel_class.run
+
+        def recording_run(fn, *args, grid, warmup, **kwargs):
+            describe = lambda v: (v.data_ptr(), tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v
+            self.launches.append((fn.fn.__name__, tuple(grid),
+                                  [describe(a) for a in args], {k: describe(v) for k, v in kwargs.items()}))
+            return run(fn, *args, grid=grid, warmup=warmup, **kwargs)
+
+        monkeypatch.setattr(kernel_class, "run", recording_run)

@@ -11,7 +11,7 @@ observed errors stay below 1e-6 of that magnitude.
 import pytest
 import torch
 
-from graph_cases import DARTS_OPS, NoHostSync, random_cell
+from graph_cases import DARTS_OPS, LaunchRecorder, NoHostSync, random_cell
 from natfast.cell_plan import OPERATIONS, spec
 from natfast.graph.buffers import CellBuffers, CellShape
 from natfast.graph.reference import cell_forward, fill_forward_buffers, flat_weights
@@ -169,22 +169,6 @@ def test_many_tiles_per_program(monkeypatch):
     assert bufs.backward_partials.tiling.conv_splits == 2
 
 
-class _LaunchRecorder:
-    """Every Triton launch: kernel, grid, arguments (a tensor as its address, shape and dtype)."""
-
-    def __init__(self, monkeypatch, kernel_class):
-        self.launches = []
-        run = kernel_class.run
-
-        def recording_run(fn, *args, grid, warmup, **kwargs):
-            describe = lambda v: (v.data_ptr(), tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v
-            self.launches.append((fn.fn.__name__, tuple(grid),
-                                  [describe(a) for a in args], {k: describe(v) for k, v in kwargs.items()}))
-            return run(fn, *args, grid=grid, warmup=warmup, **kwargs)
-
-        monkeypatch.setattr(kernel_class, "run", recording_run)
-
-
 def _fixed_inputs(shape, cells):
     """One slot table, flat buffer and set of inputs that every cell is written into."""
     slots = torch.empty(shape.slots, 9, dtype=torch.int32, device=DEVICE)
@@ -202,7 +186,7 @@ def test_launch_sequence_is_the_same_for_every_cell(monkeypatch):
     bufs = CellBuffers(shape, DEVICE)
     slots, flat, flat_grad = _fixed_inputs(shape, cells)
     x0, x1, d_out = (t.to(DEVICE) for t in _inputs(shape, 0))
-    recorder = _LaunchRecorder(monkeypatch, type(triton_backward._kernels()._head_kernel))
+    recorder = LaunchRecorder(monkeypatch, type(triton_backward._kernels()._head_kernel))
     records, results = [], []
     for rows, weights in cells + cells[:1]:
         slots.copy_(torch.tensor(rows, dtype=torch.int32))

@@ -88,6 +88,25 @@ def test_slot_table_rows_follow_the_plan():
                 assert got == [offset_of[id(p)] for p in params]
 
 
+@pytest.mark.parametrize("family", [DARTS, DARTS_PP, ENAS], ids=lambda f: f.name)
+def test_the_table_packs_what_the_plan_and_parameters_read_say(family):
+    """SlotTable's one-walk packer against pack_slots, pack_outputs and the used flags of
+    natfast.executor.parameters_read (the parameters eager PyTorch gives a gradient), over random
+    genotypes with dead cells, unused inputs and all-zero outputs, and two depths."""
+    from natfast.executor import parameters_read
+    from natfast.graph.table import pack_outputs
+    for layers in (3, 5):
+        engine = make_engine("reference", layers=layers, channels=4, family=family)
+        net, table = engine.supernet, engine.table
+        offset_of = {id(p): o for p, o in zip(engine.flat.params, engine.flat.offsets)}
+        for seed in range(12):
+            g = normalize(random_genotype(seed, family.primitives, family.num_nodes, null_every=2 + seed % 3))
+            slots, used, outputs = table.pack(g)
+            assert torch.equal(slots, pack_slots(net, g, offset_of)), (layers, seed)
+            assert torch.equal(outputs, pack_outputs(net, g)), (layers, seed)
+            assert torch.equal(used, engine.flat.used(parameters_read(net, g)).cpu()), (layers, seed)
+
+
 def test_reference_cell_step_equals_eager_pytorch():
     check_steps("reference", range(GENOTYPES))
 

@@ -4,7 +4,7 @@ cells (tests/graph_cases.py); the launch sequence does not depend on the cell; n
 import pytest
 import torch
 
-from graph_cases import NoHostSync, random_cell
+from graph_cases import LaunchRecorder, NoHostSync, random_cell
 from natfast.graph.buffers import CellBuffers, CellShape
 from natfast.graph.reference import fill_forward_buffers
 from natfast.graph.table import KIND
@@ -104,22 +104,6 @@ def test_cases_cover_every_kind_and_stride():
             assert (KIND[kind], k, stride) in seen
 
 
-class _LaunchRecorder:
-    """Every Triton launch: kernel, grid, arguments (a tensor as its address, shape and dtype)."""
-
-    def __init__(self, monkeypatch, kernel_class):
-        self.launches = []
-        run = kernel_class.run
-
-        def recording_run(fn, *args, grid, warmup, **kwargs):
-            describe = lambda v: (v.data_ptr(), tuple(v.shape), v.dtype) if isinstance(v, torch.Tensor) else v
-            self.launches.append((fn.fn.__name__, tuple(grid),
-                                  [describe(a) for a in args], {k: describe(v) for k, v in kwargs.items()}))
-            return run(fn, *args, grid=grid, warmup=warmup, **kwargs)
-
-        monkeypatch.setattr(kernel_class, "run", recording_run)
-
-
 def test_launch_sequence_is_the_same_for_every_cell(monkeypatch):
     cell_forward = _forward()
     from natfast.graph import triton_forward
@@ -130,7 +114,7 @@ def test_launch_sequence_is_the_same_for_every_cell(monkeypatch):
     slots = torch.empty(shape.slots, 9, dtype=torch.int32, device=DEVICE)
     flat = torch.empty(max(f.numel() for _, f in cells), device=DEVICE)
     x0, x1 = _inputs(shape, 0)
-    recorder = _LaunchRecorder(monkeypatch, type(triton_forward._kernels()._first_kernel))
+    recorder = LaunchRecorder(monkeypatch, type(triton_forward._kernels()._first_kernel))
     records = []
     for rows, weights in cells:
         slots.copy_(torch.tensor(rows, dtype=torch.int32))

@@ -7,11 +7,14 @@ It runs the step for several fresh genotypes while recording every Triton launch
 copies happen before it), `allocations_after_warmup` (engine buffers created after the first step;
 on CUDA also the allocator's allocations over the recorded steps), and
 `max_rel_error_vs_reference` (one step against eager PyTorch from the same state,
-natfast/graph/check.py). `scoring` reports the same for a scoring pass of --lanes architectures
-at once (natfast/graph/scoring.py; its error: the logits against the eager supernet's). On a CPU the kernels run in Triton's interpreter (the command re-runs
-itself with NATFAST_TRITON_INTERPRET=1 when needed): use --small there (C = 8, 5 cells, batch 8,
-16x16, under 10 minutes on 2 cores). At the full size on a CPU, --count-only records the launches
-without running the Triton kernels (their sequence does not depend on the values).
+natfast/graph/check.py); `host_pack_ms`: the host's time to turn a fresh genotype into its table
+(`host_pack_reference_ms`: the functions the table's packer replaces, same genotypes). `scoring`
+reports the same for a scoring pass of --lanes architectures at once (natfast/graph/scoring.py;
+its error: the logits against the eager supernet's). On a CPU the kernels run in Triton's
+interpreter (the command re-runs itself with NATFAST_TRITON_INTERPRET=1 when needed): use --small
+there (C = 8, 5 cells, batch 8, 16x16, under 10 minutes on 2 cores). At the full size on a CPU,
+--count-only records the launches without running the Triton kernels (their sequence does not
+depend on the values).
 """
 from __future__ import annotations
 
@@ -143,10 +146,39 @@ def measure(channels: int, layers: int, batch: int, image: int, genotypes: int, 
         result["checked_genotypes"] = checks
     else:
         result["max_rel_error_vs_reference"] = None
+    result.update(host_pack_ms(engine, family, gen))
     if lanes:
         result["scoring"] = measure_scoring(engine, x, y, family, gen, lanes, max(2, min(genotypes, 3)),
                                             bool(checks), count_only)
     return result
+
+
+def host_pack_ms(engine, family, gen: torch.Generator, count: int = 50) -> Dict:
+    """Host time to turn a fresh genotype into its slot table, used flags and output mask, per
+    genotype: the table's one-walk packer, and the three functions it replaces (pack_slots,
+    pack_outputs, parameters_read), on the same genotypes with their network plans already made. A
+    step cannot start before this is done, and on a GPU the host does it while the last step runs."""
+    import time
+
+    from ..cell_plan import plan_network
+    from ..executor import parameters_read
+    from ..genotype import normalize
+    from ..graph.table import pack_outputs, pack_slots
+    from ..sampler import sample_genotype
+    net, table = engine.supernet, engine.table
+    archs = [normalize(sample_genotype(family, gen)) for _ in range(count)]
+    for g in archs:
+        plan_network(g, family, net.layers)
+    offset_of = {id(p): o for p, o in zip(engine.flat.params, engine.flat.offsets)}
+    start = time.perf_counter()
+    for g in archs:
+        table._packer.pack(g)
+    packer = time.perf_counter()
+    for g in archs:
+        pack_slots(net, g, offset_of), pack_outputs(net, g), engine.flat.used(parameters_read(net, g))
+    done = time.perf_counter()
+    return {"host_pack_ms": round((packer - start) * 1e3 / count, 3),
+            "host_pack_reference_ms": round((done - packer) * 1e3 / count, 3)}
 
 
 def measure_scoring(engine, x: torch.Tensor, y: torch.Tensor, family, gen: torch.Generator, lanes: int,

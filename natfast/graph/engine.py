@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..flat_params import FlatParameters, MaskedSGD
 from ..genotype import Genotype
+from .cuda_graph import capture
 from .network import GraphNetwork
 from .scoring import LaneScorer
 from .table import SlotTable
@@ -143,18 +144,10 @@ class _Captured:
     @classmethod
     def make(cls, engine: GraphEngine, x: torch.Tensor, y: torch.Tensor) -> "_Captured":
         static_x, static_y = x.clone(), y.clone()
-        # Warm-up on a side stream (Triton compiles, autograd and the allocator settle), undone: the
-        # parameters and momentum are restored, so capturing changes no training state.
+        # The warm-up steps are undone: the parameters and momentum are restored, so capturing
+        # changes no training state.
         saved = (engine.flat.data.clone(), engine.sgd.buf.clone(), engine.sgd.started.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                engine._step(static_x, static_y)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss, acc = engine._step(static_x, static_y)
+        graph, (loss, acc) = capture(lambda: engine._step(static_x, static_y))
         engine.flat.data.copy_(saved[0])
         engine.sgd.buf.copy_(saved[1])
         engine.sgd.started.copy_(saved[2])

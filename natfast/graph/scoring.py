@@ -29,8 +29,14 @@ from ..genotype import Genotype
 from ..ops.layers import FactorizedReduce
 from . import reference
 from .buffers import CellBuffers, CellShape
+from .cuda_graph import capture
 from .network import EPS
 from .table import SlotTable
+
+
+# The most lanes the search and derive give one scorer (more architectures run in chunks): every lane
+# has its own cell buffers, about 0.5 GiB at the search size (batch 64, C = 20, 8 cells, 32x32).
+MAX_LANES = 16
 
 
 def preprocess_lanes(module, s: torch.Tensor) -> torch.Tensor:
@@ -153,15 +159,12 @@ class _CapturedScores:
     @classmethod
     def make(cls, scorer: LaneScorer, x: torch.Tensor, y: torch.Tensor) -> "_CapturedScores":
         static_x, static_y = x.clone(), y.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():  # warm-up: Triton compiles, the allocator settles
-            for _ in range(2):
-                _accuracy(scorer._logits(static_x), static_y)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            acc = _accuracy(scorer._logits(static_x), static_y)
+
+        def score():
+            with torch.no_grad():
+                return _accuracy(scorer._logits(static_x), static_y)
+
+        graph, acc = capture(score)
         return cls(graph, static_x, static_y, acc)
 
     def replay(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

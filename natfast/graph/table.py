@@ -92,7 +92,7 @@ class SlotTable:
         if lanes is not None and lanes < 1:
             raise ValueError(f"lanes must be at least 1, got {lanes}")
         self.supernet, self.flat, self.lanes = supernet, flat, lanes
-        self.offset_of = {id(p): o for p, o in zip(flat.params, flat.offsets)}
+        self._packer = _Packer(supernet, flat)
         lead = () if lanes is None else (lanes,)
         layers, nodes = supernet.layers, supernet.family.num_nodes
         shapes = [((layers,) + lead + (2 * nodes, len(SLOT_FIELDS)), torch.int32),
@@ -135,13 +135,66 @@ class SlotTable:
             self._copied[i].record()
 
 
+class _Packer:
+    """pack_slots, pack_outputs and the used flags of natfast.executor.parameters_read in one walk
+    of the genotype's cell plan, with every (cell, edge, op)'s parameters looked up once: a fresh
+    genotype is packed in about a tenth of the time of the three (which each plan the network
+    and walk the modules' parameters again), host time that would otherwise stall every step.
+    tests/test_graph_engine.py checks the three are what this gives."""
+
+    def __init__(self, supernet, flat):
+        self.supernet, self.nodes = supernet, supernet.family.num_nodes
+        self.index_of = {id(p): i for i, p in enumerate(flat.params)}
+        self.offset_of = {id(p): o for p, o in zip(flat.params, flat.offsets)}
+        self.params = len(flat.params)
+        self._edges: Dict[tuple, Tuple[List[int], List[int]]] = {}
+        indices = lambda module: [self.index_of[id(p)] for p in module.parameters()]
+        self.stem = indices(supernet.stem)
+        self.pre = [(indices(cell.pre0), indices(cell.pre1)) for cell in supernet.cells]
+        self.classifier_weight = self.index_of[id(supernet.classifier.weight)]
+        self.classifier_bias = self.index_of[id(supernet.classifier.bias)]
+
+    def _edge(self, layer: int, slot) -> Tuple[List[int], List[int]]:
+        """(flat offsets, parameter indices) of the op module `slot` runs in cell `layer`."""
+        key = (layer, slot.source, slot.target, slot.op)
+        if key not in self._edges:
+            module = self.supernet.cells[layer].edges[edge_key(slot.source, slot.target)][slot.op]
+            params = list(module.parameters())
+            self._edges[key] = ([self.offset_of[id(p)] for p in params], [self.index_of[id(p)] for p in params])
+        return self._edges[key]
+
+    def pack(self, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net, nodes = self.supernet, self.nodes
+        self.supernet.check_archs([genotype])
+        check_two_edges_per_node(genotype, nodes)
+        network = plan_network(genotype, net.family, net.layers)
+        null = [KIND["null"]] + [-1] * (len(SLOT_FIELDS) - 1)
+        rows = [[null] * (2 * nodes) for _ in range(net.layers)]
+        outputs = [[0.0] * nodes for _ in range(net.layers)]
+        used = bytearray(self.params)
+        live = network.live_cells
+        for layer, run in enumerate(network.cells):
+            for slot in run.computed:
+                spec = slot.spec
+                offsets, indices = self._edge(layer, slot)
+                rows[layer][slot.index] = ([KIND[spec.kind], spec.kernel, spec.dilation, slot.source, slot.stride]
+                                           + offsets + [-1] * (MAX_WEIGHTS - len(offsets)))
+                if live[layer]:
+                    for i in indices:
+                        used[i] = 1
+            for block in run.output_blocks:
+                outputs[layer][block] = 1.0
+            if live[layer]:
+                for i in (i for side in (0, 1) if run.input_used[side] for i in self.pre[layer][side]):
+                    used[i] = 1
+        for i in self.stem if network.stem_live else ():
+            used[i] = 1
+        used[self.classifier_bias] = 1
+        used[self.classifier_weight] = int(bool(network.classifier_blocks))
+        return (torch.tensor(rows, dtype=torch.int32), torch.frombuffer(used, dtype=torch.uint8),
+                torch.tensor(outputs))
+
+
 @functools.lru_cache(maxsize=256)
 def _cached_pack(table: SlotTable, genotype: Genotype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ..executor import parameters_read   # the executor imports the supernet; keep this module light
-    used = torch.zeros(len(table.flat.params), dtype=torch.uint8)
-    index = {id(p): i for i, p in enumerate(table.flat.params)}
-    for p in parameters_read(table.supernet, genotype):
-        used[index[id(p)]] = 1
-    return pack_slots(table.supernet, genotype, table.offset_of), used, pack_outputs(table.supernet, genotype)
-
-
+    return table._packer.pack(genotype)
