@@ -128,6 +128,27 @@ class PhaseSummary:
         return f"epoch {self.epoch} {self.phase} (means of {self.steps} steps, {self.seconds:.1f} s): {means}"
 
 
+class PendingStatistics:
+    """A step's statistics on their way from the device: copied into pinned host memory without
+    waiting, read (waiting for that copy only) by `read()`. The search loop reads a graph-engine
+    step's after issuing the next step, so the host never stalls the GPU between steps."""
+
+    def __init__(self, names, values: torch.Tensor):
+        self.names = tuple(names)
+        if values.is_cuda:
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        else:
+            self.host, self.copied = values.clone(), None
+
+    def read(self) -> Dict[str, float]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return dict(zip(self.names, self.host.tolist()))
+
+
 @dataclass
 class Position:
     """Where the run is: the next step to take."""
@@ -174,10 +195,15 @@ class Searcher:
 
     # ------------------------------------------------------------------ one step of each kind
     def update_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> Dict[str, float]:
+        stats = self.issue_w(x, y, gen)
+        return stats.read() if isinstance(stats, PendingStatistics) else stats
+
+    def issue_w(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+        """update_w, its statistics not yet read where the graph engine runs it (PendingStatistics)."""
         beta = sample_genotype(self.family, gen)
         if self.graph is not None:
-            loss, acc = self.graph.step(x, y, beta)
-            return {"loss": loss.item(), "acc": acc.item()}
+            loss, acc = self.graph.step(x, y, beta)   # the captured step's outputs: copied before the next
+            return PendingStatistics(("loss", "acc"), torch.stack([loss, acc]))
         if not self.supernet.training:  # train() walks every module: only when it changes
             self.supernet.train()
         logits = self.w_logits(x, beta)
@@ -299,37 +325,67 @@ class Searcher:
     def _run_phase(self, metrics_file, bar) -> Dict[str, float]:
         pos, cfg = self.position, self.cfg
         loader = self.w_loader if pos.phase == "w" else self.theta_loader
-        update = self.update_w if pos.phase == "w" else self.update_theta
+        update = self.issue_w if pos.phase == "w" else self.update_theta
         for g in self.w_optimizer.param_groups:
             g["lr"] = self.w_lr(pos.epoch)
         if self.graph is not None:
             self.graph.set_lr(self.w_lr(pos.epoch))
         record: Dict[str, float] = {}
         summary = PhaseSummary(pos.epoch, pos.phase)
+        # A graph-engine step's statistics are read after the next step is issued (PendingStatistics),
+        # so the GPU runs one step while the host prepares the next; every other step's at once.
+        # Either way a step is recorded, checked for non-finite values and counted before anything
+        # after it is saved.
+        pending = None
+
+        def record_pending() -> Dict[str, float]:
+            nonlocal pending
+            stats, meta, start = pending
+            pending = None
+            values = stats.read() if isinstance(stats, PendingStatistics) else stats
+            faults.check_finite(values, f"step {meta['step']} (epoch {meta['epoch']}, update_{meta['phase']})",
+                                os.path.join(cfg.out, "checkpoint.pt"))
+            values.update(meta, seconds=round(time.perf_counter() - start, 4))
+            metrics_file.write(json.dumps(values) + "\n")
+            summary.add(values)
+            bar.update(meta["step"] + 1, f"epoch {meta['epoch']} {meta['phase']} " + " ".join(
+                f"{k}={values[k]:.3f}" for k in ("loss", "acc", "reward") if k in values))
+            return values
+
         for x, y in loader.epoch(pos.epoch, pos.batch):
             start = time.perf_counter()
             # One architecture per w step for all processes; each process its own policy-step pairs.
             gen = step_generator(cfg.seed, pos.step, self.ranks.rank if pos.phase == "theta" else 0)
-            record = update(x.to(self.device), y.to(self.device), gen)
-            faults.check_finite(record, f"step {pos.step} (epoch {pos.epoch}, update_{pos.phase})",
-                                os.path.join(cfg.out, "checkpoint.pt"))
-            record.update(step=pos.step, epoch=pos.epoch, phase=pos.phase, batch=pos.batch,
-                          seconds=round(time.perf_counter() - start, 4))
-            metrics_file.write(json.dumps(record) + "\n")
-            summary.add(record)
+            stats = update(self._to_device(x), self._to_device(y), gen)
+            if pending is not None:
+                record = record_pending()
+            pending = (stats, dict(step=pos.step, epoch=pos.epoch, phase=pos.phase, batch=pos.batch), start)
+            if not isinstance(stats, PendingStatistics):
+                record = record_pending()
             pos.step += 1
             pos.batch += 1
-            bar.update(pos.step, f"epoch {pos.epoch} {pos.phase} " + " ".join(
-                f"{k}={record[k]:.3f}" for k in ("loss", "acc", "reward") if k in record))
             if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                if pending is not None:
+                    record = record_pending()
                 metrics_file.flush()
                 self.save(os.path.join(cfg.out, "checkpoint.pt"))
             if cfg.max_steps and pos.step >= cfg.max_steps:
+                if pending is not None:
+                    record = record_pending()
                 if pos.batch == len(loader):
                     self._finish_phase(summary, bar)
                 return record
+        if pending is not None:
+            record = record_pending()
         self._finish_phase(summary, bar)
         return record
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch on the device; for the graph engine on a GPU through pinned memory without waiting
+        (a pageable copy would wait for the step before it)."""
+        if self.graph is not None and self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def _finish_phase(self, summary: PhaseSummary, bar: Progress) -> None:
         bar.clear()
