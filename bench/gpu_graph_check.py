@@ -50,6 +50,7 @@ _STARTED = time.perf_counter()
 # The policy step's m + m * n (m = n = 1) and derive's K + 1 (K = 10); the smoke run keeps the
 # interpreter's minutes down (each lane is more programs there).
 SCORING_LANES = (2, 3) if SMOKE else (2, 11)
+WARMUPS = 1 if SMOKE else 2   # untimed runs before each timing (on a GPU: the capture, then one replay)
 
 
 def progress(what: str) -> None:
@@ -97,7 +98,7 @@ def scoring(engine, family, gen, x, y, lanes: int, sets: int) -> dict:
     from natfast.ops import dispatch
     from natfast.search import score_batch
     scorer = engine.scorer(lanes)
-    archs = [[sample_genotype(family, gen) for _ in range(lanes)] for _ in range(sets + 2)]
+    archs = [[sample_genotype(family, gen) for _ in range(lanes)] for _ in range(sets + WARMUPS)]
     got = scorer.logits(x, archs[0])
     with torch.no_grad(), dispatch.use_backend("reference"):
         want = torch.stack([engine.supernet(x, a) for a in archs[0]])
@@ -106,10 +107,10 @@ def scoring(engine, family, gen, x, y, lanes: int, sets: int) -> dict:
                                        != (want.argmax(-1) == y).float().mean(-1).cpu()).sum())}
     for name, fn in (("graph", lambda a: scorer.accuracies(x, y, a).tolist()),
                      ("eager", lambda a: score_batch(engine.supernet, x, y, a))):
-        for a in archs[:2]:  # warm-up (the graph's capture)
+        for a in archs[:WARMUPS]:
             fn(a)
         times = []
-        for a in archs[2:]:
+        for a in archs[WARMUPS:]:
             sync()
             t = time.perf_counter()
             fn(a)
@@ -129,7 +130,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (Triton interpreter): checks the script")
     args = p.parse_args()
     if args.smoke:
-        args.batch, args.channels, args.layers, args.fresh, image, checks, device = 4, 4, 3, 3, 16, 1, "cpu"
+        args.batch, args.channels, args.layers, args.fresh, image, checks, device = 4, 4, 3, 2, 16, 1, "cpu"
     elif not torch.cuda.is_available():
         sys.exit("gpu_graph_check needs CUDA (--smoke: a tiny run on the CPU)")
     else:
@@ -172,7 +173,7 @@ def main() -> None:
 
     progress(f"graph engine over {args.fresh} fresh genotypes")
     fresh = [sample_genotype(family, gen) for _ in range(args.fresh)]
-    for g in fresh[:3]:
+    for g in fresh[:WARMUPS + 1]:
         engine.step(x, y, g)[0].item()
     times = []
     for g in fresh:
